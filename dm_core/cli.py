@@ -1,0 +1,158 @@
+"""``python -m dm_core condense|evaluate ...``: argparse -> a frozen request -> one library call -> one JSON line.
+
+Progress goes to stderr; the last stdout line is a JSON object with the figures. Any DMError becomes
+``error: <message>`` on stderr and exit status 2, and no output file is touched.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .data import DATASETS, load_dataset
+from .device import resolve_device
+from .errors import DMError
+from .methods import METHODS, make_set
+from .synset import SyntheticSet
+from .train import TrainConfig, evaluate_set
+
+
+@dataclass(frozen=True)
+class CondenseRequest:
+    dataset: str
+    method: str
+    ipc: int
+    iterations: int | None
+    lr_img: float | None
+    batch_real: int | None
+    model: str | None
+    seed: int
+    device: str
+    out: Path
+    data_root: str | None
+    checkpoint: Path | None
+    resume: bool
+    png: bool
+    progress: bool
+
+
+@dataclass(frozen=True)
+class EvaluateRequest:
+    file: Path
+    dataset: str | None
+    model: str
+    epochs: int
+    models: int
+    seed: int
+    device: str
+    data_root: str | None
+    progress: bool
+
+
+def condense(req: CondenseRequest) -> dict:
+    if req.method not in METHODS:
+        raise DMError(f"unknown method {req.method!r}: choose one of {', '.join(METHODS)}")
+    device = resolve_device(req.device)
+    data = load_dataset(req.dataset, req.data_root)
+    options = {"model": req.model}
+    if req.method in ("dm", "dsa"):
+        options.update(iterations=req.iterations, lr_img=req.lr_img, batch_real=req.batch_real)
+    elif req.iterations is not None or req.lr_img is not None or req.batch_real is not None:
+        raise DMError(f"--iterations, --lr-img and --batch-real apply to dm and dsa, not {req.method}")
+    if req.method == "random":
+        options = {}
+    checkpoint = req.checkpoint or (req.out.with_suffix(".ckpt") if req.method in ("dm", "dsa") else None)
+    synset = make_set(req.method, data, req.ipc, seed=req.seed, device=device, progress=req.progress,
+                      checkpoint=checkpoint, resume=req.resume, **options)
+    synset.save(req.out)
+    figures = {"file": str(req.out), "dataset": data.name, "method": req.method, "ipc": req.ipc,
+               "images": len(synset), "seconds": synset.meta.get("seconds")}
+    if req.png:
+        figures["png"] = str(synset.save_grid_png(req.out.with_suffix(".png")))
+    if checkpoint is not None and Path(checkpoint).exists():
+        Path(checkpoint).unlink()  # the finished set supersedes its checkpoint
+    if synset.meta.get("loss_history"):
+        figures["final_loss"] = synset.meta["loss_history"][-1][1]
+    return figures
+
+
+def evaluate(req: EvaluateRequest) -> dict:
+    synset = SyntheticSet.load(req.file)
+    dataset = req.dataset or synset.meta.get("dataset")
+    if not dataset:
+        raise DMError(f"{req.file} does not say which dataset it was made from: pass --dataset")
+    device = resolve_device(req.device)
+    data = load_dataset(dataset, req.data_root)
+    result = evaluate_set(synset, data, req.model, req.models, TrainConfig(epochs=req.epochs), req.seed, device,
+                          req.progress)
+    return {"file": str(req.file), "dataset": data.name, "method": synset.meta.get("method"),
+            "ipc": synset.meta.get("ipc"), "model": req.model, "epochs": req.epochs, "models": req.models,
+            "mean": round(result.mean, 3), "std": round(result.std, 3),
+            "accuracies": [round(a, 3) for a in result.accuracies], "seconds": round(result.seconds, 3)}
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m dm_core", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("condense", help="make a small set (dm, dsa, random, herding) and save it as a .pt file")
+    c.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
+    c.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
+    c.add_argument("--ipc", type=_positive, required=True, help="images per class")
+    c.add_argument("--iterations", type=_positive, help="DM: 20000, DSA: 1000 by default")
+    c.add_argument("--lr-img", type=float, help="image learning rate (DM: 1, or 10 from 100 ipc; DSA: 0.1)")
+    c.add_argument("--batch-real", type=_positive, help="real images per class per iteration (256)")
+    c.add_argument("--model", help="network name, e.g. convnet, convnetbn, convnet-d4 (default convnet)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    c.add_argument("--out", type=Path, help="output file (default: <dataset>_<method>_ipc<K>.pt)")
+    c.add_argument("--data-root", help="folder holding the datasets (else $DM_DATA_ROOT, else ./data)")
+    c.add_argument("--checkpoint", type=Path, help="checkpoint file (default: the output path with .ckpt)")
+    c.add_argument("--resume", action="store_true", help="continue from the checkpoint if there is one")
+    c.add_argument("--png", action="store_true", help="also write an image grid PNG beside the output")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("evaluate", help="train fresh networks on a set file and test them on the real test set")
+    e.add_argument("file", type=Path)
+    e.add_argument("--dataset", help="dataset to test on (default: the one recorded in the file)")
+    e.add_argument("--model", default="convnet")
+    e.add_argument("--epochs", type=_positive, default=1000)
+    e.add_argument("--models", type=_positive, default=5, help="networks to train (paper: 20)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--data-root")
+    e.add_argument("--quiet", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    started = time.perf_counter()
+    try:
+        if args.command == "condense":
+            out = args.out or Path(f"{args.dataset.replace(':', '_').replace('/', '_')}_{args.method}_ipc{args.ipc}.pt")
+            figures = condense(CondenseRequest(
+                args.dataset, args.method, args.ipc, args.iterations, args.lr_img, args.batch_real, args.model,
+                args.seed, args.device, out, args.data_root, args.checkpoint, args.resume, args.png, not args.quiet))
+        else:
+            figures = evaluate(EvaluateRequest(args.file, args.dataset, args.model, args.epochs, args.models,
+                                               args.seed, args.device, args.data_root, not args.quiet))
+    except DMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        return 130
+    figures["wall_seconds"] = round(time.perf_counter() - started, 3)
+    print(json.dumps(figures))
+    return 0

@@ -1,0 +1,295 @@
+"""Datasets as normalised tensors, and a class-indexed image store on the compute device.
+
+``load_dataset(name)`` returns every split as one float tensor (N, C, H, W), normalised with the dataset's statistics
+(PROTOCOL.md section 4). Small-set training and condensation keep such tensors resident on the device, so no
+DataLoader runs in a hot loop.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .errors import DMError
+
+DATA_ROOT_ENV = "DM_DATA_ROOT"
+
+# (mean, std) per channel, PROTOCOL.md section 4.
+STATS = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "fashionmnist": ((0.2861,), (0.3530,)),
+    "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar100": ((0.5071, 0.4866, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "tinyimagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+DATASETS = ("mnist", "fashionmnist", "cifar10", "cifar100", "svhn", "tinyimagenet", "digits", "folder:PATH",
+            "npz:PATH")
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """Train and test images (float32 NCHW, normalised, CPU) with their int64 labels and metadata."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: tuple[str, ...]
+
+    @property
+    def channels(self) -> int:
+        return self.x_train.shape[1]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.x_train.shape[2:])
+
+    def class_counts(self) -> torch.Tensor:
+        return torch.bincount(self.y_train, minlength=self.num_classes)
+
+    def subset(self, train_indices: torch.Tensor | Sequence[int]) -> "ImageDataset":
+        """The same dataset with only these training images (the test set is kept)."""
+        idx = torch.as_tensor(train_indices, dtype=torch.long)
+        return replace(self, x_train=self.x_train[idx], y_train=self.y_train[idx])
+
+    def check_ipc(self, ipc: int, classes: Sequence[int] | None = None) -> None:
+        """Fail clearly when a class has fewer training images than ``ipc`` asks for."""
+        classes = range(self.num_classes) if classes is None else classes
+        counts = self.class_counts()
+        if ipc < 1:
+            raise DMError(f"ipc must be at least 1, got {ipc}")
+        for c in classes:
+            if not 0 <= int(c) < self.num_classes:
+                raise DMError(f"class {c} is not in {self.name} (classes 0..{self.num_classes - 1})")
+            if counts[c] < ipc:
+                raise DMError(f"ipc {ipc} is more than the {int(counts[c])} training images of class {c} "
+                              f"in {self.name}: use ipc <= {int(counts[c])}")
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """The data root: the argument, else $DM_DATA_ROOT, else ./data."""
+    return Path(root or os.environ.get(DATA_ROOT_ENV) or "data").expanduser()
+
+
+def _normalise(x_uint8: torch.Tensor, mean, std) -> torch.Tensor:
+    x = x_uint8.float().div_(255)
+    return (x - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+
+
+def _channel_stats(x_uint8: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    x = x_uint8.float().div(255)
+    return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
+
+
+def _to_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    x = torch.as_tensor(np.asarray(images))
+    if x.dim() == 3:
+        return x.unsqueeze(1)
+    if x.dim() == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
+        return x.permute(0, 3, 1, 2).contiguous()
+    if x.dim() == 4:
+        return x
+    raise DMError(f"images must be N x H x W, N x H x W x C or N x C x H x W, got shape {tuple(x.shape)}")
+
+
+def _build(name, x_train, y_train, x_test, y_test, stats=None, class_names=None) -> ImageDataset:
+    x_train, x_test = _to_nchw(x_train), _to_nchw(x_test)
+    y_train = torch.as_tensor(np.asarray(y_train), dtype=torch.long)
+    y_test = torch.as_tensor(np.asarray(y_test), dtype=torch.long)
+    mean, std = stats or _channel_stats(x_train)
+    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    names = tuple(class_names) if class_names is not None else tuple(str(c) for c in range(num_classes))
+    return ImageDataset(name, _normalise(x_train, mean, std), y_train, _normalise(x_test, mean, std), y_test,
+                        num_classes, tuple(mean), tuple(std), names)
+
+
+_TORCHVISION = {
+    "mnist": ("MNIST", "MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte"),
+    "fashionmnist": ("FashionMNIST", "FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte"),
+    "cifar10": ("CIFAR10", "cifar-10-batches-py/ (from cifar-10-python.tar.gz)"),
+    "cifar100": ("CIFAR100", "cifar-100-python/ (from cifar-100-python.tar.gz)"),
+    "svhn": ("SVHN", "train_32x32.mat and test_32x32.mat"),
+}
+
+
+def _load_torchvision(name: str, root: Path, download: bool) -> ImageDataset:
+    import torchvision.datasets as tvd
+
+    cls_name, files = _TORCHVISION[name]
+    cls = getattr(tvd, cls_name)
+    try:
+        if name == "svhn":
+            train, test = (cls(str(root), split=s, download=download) for s in ("train", "test"))
+            x_tr, y_tr, x_te, y_te = train.data, train.labels, test.data, test.labels
+        else:
+            train, test = (cls(str(root), train=t, download=download) for t in (True, False))
+            x_tr, y_tr, x_te, y_te = train.data, train.targets, test.data, test.targets
+    except Exception as exc:  # torchvision raises RuntimeError, URLError, OSError... depending on what is missing
+        raise DMError(f"{name} is not under {root} and could not be downloaded ({type(exc).__name__}): put {files} "
+                      f"in {root}, or point --data-root / ${DATA_ROOT_ENV} at the folder holding them") from None
+    names = getattr(train, "classes", None)
+    return _build(name, x_tr, y_tr, x_te, y_te, STATS[name], names if names else None)
+
+
+def _load_digits() -> ImageDataset:
+    """scikit-learn's bundled 8x8 digits (1,797 images, offline), shown as 16x16 so every ConvNet of the space fits.
+
+    Every fifth image is a test image (360 test, 1,437 train), a fixed split.
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = torch.as_tensor(digits.images * (255 / 16)).round().to(torch.uint8)
+    x = x.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
+    y = torch.as_tensor(digits.target)
+    test = torch.arange(len(y)) % 5 == 0
+    return _build("digits", x[~test], y[~test], x[test], y[test])
+
+
+def _load_npz(path: Path) -> ImageDataset:
+    if not path.is_file():
+        raise DMError(f"no array file at {path}: give npz:PATH to a .npz holding x_train, y_train, x_test, y_test")
+    try:
+        arrays = np.load(path, allow_pickle=False)
+        parts = [arrays[k] for k in ("x_train", "y_train", "x_test", "y_test")]
+    except (KeyError, ValueError, OSError) as exc:
+        raise DMError(f"{path} is not an array file with x_train, y_train, x_test, y_test ({exc})") from None
+    if parts[0].dtype != np.uint8 or parts[2].dtype != np.uint8:
+        raise DMError(f"{path}: x_train and x_test must be uint8 images (NHWC or NCHW)")
+    names = [str(s) for s in arrays["class_names"]] if "class_names" in arrays else None
+    return _build(f"npz:{path}", *parts, class_names=names)
+
+
+def _read_images(paths: Sequence[Path], size: tuple[int, int] | None) -> torch.Tensor:
+    from PIL import Image
+
+    images = []
+    for p in paths:
+        with Image.open(p) as im:
+            im = im.convert("RGB")
+            if size and im.size != size:
+                im = im.resize(size)
+            images.append(np.asarray(im))
+    return torch.as_tensor(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def _load_folder(path: Path, name: str, stats=None) -> ImageDataset:
+    """An ImageFolder tree: PATH/train/<class>/*.png and PATH/test/<class>/* (or val/)."""
+    train_dir = path / "train"
+    test_dir = next((path / s for s in ("test", "val") if (path / s).is_dir()), None)
+    if not train_dir.is_dir() or test_dir is None:
+        raise DMError(f"{path} needs train/ and test/ (or val/) folders with one sub-folder of images per class")
+    classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
+    if not classes:
+        raise DMError(f"{train_dir} has no class folders")
+    suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+    def scan(root: Path):
+        paths, labels = [], []
+        for label, c in enumerate(classes):
+            for p in sorted((root / c).rglob("*")) if (root / c).is_dir() else []:
+                if p.suffix.lower() in suffixes:
+                    paths.append(p)
+                    labels.append(label)
+        return paths, labels
+
+    train_paths, y_train = scan(train_dir)
+    test_paths, y_test = scan(test_dir)
+    if not test_paths:
+        test_paths, y_test = _tinyimagenet_val(test_dir, classes)
+    if not train_paths or not test_paths:
+        raise DMError(f"{path}: found {len(train_paths)} train and {len(test_paths)} test images; need both")
+    from PIL import Image
+
+    with Image.open(train_paths[0]) as first:
+        size = first.size
+    x_train, x_test = _read_images(train_paths, size), _read_images(test_paths, size)
+    return _build(name, x_train, y_train, x_test, y_test, stats, classes)
+
+
+def _tinyimagenet_val(val_dir: Path, classes: list[str]):
+    """TinyImageNet's val/ keeps its images flat, with labels in val_annotations.txt."""
+    notes = val_dir / "val_annotations.txt"
+    if not notes.is_file():
+        return [], []
+    index = {c: i for i, c in enumerate(classes)}
+    paths, labels = [], []
+    for line in notes.read_text().splitlines():
+        fields = line.split("\t")
+        if len(fields) >= 2 and fields[1] in index:
+            paths.append(val_dir / "images" / fields[0])
+            labels.append(index[fields[1]])
+    return paths, labels
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None, download: bool = True) -> ImageDataset:
+    """Load a dataset by name (see ``DATASETS``); ``root`` as in ``data_root``."""
+    key = name.strip()
+    lowered = key.lower().replace("-", "").replace("_", "")
+    if lowered in _TORCHVISION:
+        return _load_torchvision(lowered, data_root(root), download)
+    if lowered == "digits":
+        return _load_digits()
+    if lowered == "tinyimagenet":
+        folder = data_root(root) / "tiny-imagenet-200"
+        if not folder.is_dir():
+            raise DMError(f"TinyImageNet is not at {folder}: unpack tiny-imagenet-200.zip there (train/ and val/)")
+        return _load_folder(folder, "tinyimagenet", STATS["tinyimagenet"])
+    if key.startswith("folder:"):
+        return _load_folder(Path(key[len("folder:"):]).expanduser(), key)
+    if key.startswith("npz:"):
+        return _load_npz(Path(key[len("npz:"):]).expanduser())
+    raise DMError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+
+
+class ClassStore:
+    """Training images sorted by class and resident on the device; draws class-balanced real batches on the device.
+
+    ``sample`` draws, for each requested class, ``n`` distinct images of that class with one ``rand`` and one
+    ``topk`` call for all classes together, so a DM iteration spends no host work on data.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
+                 device: torch.device | str = "cpu"):
+        order = torch.argsort(labels, stable=True)
+        self.device = torch.device(device)
+        self.images = images[order].to(self.device)
+        self.labels = labels[order].to(self.device)
+        self.num_classes = num_classes
+        self.counts = torch.bincount(labels.cpu(), minlength=num_classes)
+        self.offsets = torch.cumsum(self.counts, 0) - self.counts
+        self._counts = self.counts.to(self.device)
+        self._offsets = self.offsets.to(self.device)
+
+    @classmethod
+    def from_dataset(cls, data: ImageDataset, device: torch.device | str = "cpu") -> "ClassStore":
+        return cls(data.x_train, data.y_train, data.num_classes, device)
+
+    def class_images(self, c: int) -> torch.Tensor:
+        start = int(self.offsets[c])
+        return self.images[start:start + int(self.counts[c])]
+
+    def sample(self, classes: torch.Tensor | Sequence[int], n: int, generator: torch.Generator) -> torch.Tensor:
+        """(len(classes) * n, C, H, W): ``n`` distinct images of each class, grouped by class in the given order."""
+        classes_cpu = torch.as_tensor(classes, dtype=torch.long).cpu()
+        fewest = int(self.counts[classes_cpu].min())
+        if n > fewest:
+            raise DMError(f"cannot draw {n} distinct images from a class holding {fewest}")
+        return self.images[self.sample_indices(classes_cpu.to(self.device), n, int(self.counts.max()), generator)]
+
+    def sample_indices(self, classes: torch.Tensor, n: int, width: int, generator: torch.Generator) -> torch.Tensor:
+        """Device-only: flat indices of ``n`` distinct images per class (``width`` >= the largest class count)."""
+        keys = torch.rand(classes.shape[0], width, generator=generator, device=self.device)
+        beyond = torch.arange(width, device=self.device) >= self._counts[classes].unsqueeze(1)
+        keys = keys.masked_fill(beyond, 2.0)  # never picked: real keys are < 1
+        picked = keys.topk(n, dim=1, largest=False).indices
+        return (self._offsets[classes].unsqueeze(1) + picked).flatten()

@@ -1,0 +1,112 @@
+"""Dataset condensation with distribution matching (DM), PROTOCOL.md section 1.
+
+One iteration, for all classes at once:
+  re-initialise the embedding network in place (fresh random weights, no training)
+  draw one augmentation per class and a real batch per class (device-side, no host work)
+  embed every real image in ONE forward pass (no grad) and every synthetic image in ONE forward pass
+  loss = sum_c || mean real embedding_c - mean synthetic embedding_c ||^2, one SGD step on the synthetic images.
+The only Python loop is over class chunks, and only when ``class_chunk`` asks to bound memory.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from . import augment
+from .condense import Condensation, autocast, channels_last
+from .data import ImageDataset
+from .device import resolve_device
+from .errors import DMError
+from .nets import build_model, reinit_
+from .synset import SyntheticSet
+
+
+@dataclass(frozen=True)
+class DMConfig:
+    ipc: int = 10
+    iterations: int = 20_000
+    lr_img: float | None = None  # None: 1 below 100 images per class, 10 from 100 on (PROTOCOL.md)
+    batch_real: int = 256
+    model: str = "convnet"
+    init: str = "real"
+    seed: int = 0
+    augment: str = augment.DEFAULT_STRATEGY  # "none" turns augmentation off
+    class_chunk: int | None = None  # classes per forward pass; None = all at once
+    amp: bool = True  # bf16 autocast and channels_last on CUDA
+    checkpoint_every: int = 500
+    log_every: int = 50
+
+    def __post_init__(self):
+        if self.ipc < 1 or self.iterations < 0 or self.batch_real < 1:
+            raise DMError(f"DM needs ipc >= 1, iterations >= 0 and batch_real >= 1 (got {self.ipc}, "
+                          f"{self.iterations}, {self.batch_real})")
+        if self.class_chunk is not None and self.class_chunk < 1:
+            raise DMError(f"class_chunk must be at least 1, got {self.class_chunk}")
+
+    @property
+    def image_lr(self) -> float:
+        return self.lr_img if self.lr_img is not None else (1.0 if self.ipc < 100 else 10.0)
+
+
+def class_means(embedding: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(num_classes * n, D) grouped by class -> (num_classes, D) means."""
+    return embedding.float().view(num_classes, -1, embedding.shape[-1]).mean(dim=1)
+
+
+def dm_loss(net, real: torch.Tensor, synthetic: torch.Tensor, num_classes: int,
+            real_aug=None, syn_aug=None) -> torch.Tensor:
+    """The batched DM loss: images grouped by class, classes in the same order in both batches.
+
+    ``real_aug`` / ``syn_aug`` map a batch to its augmented version (the same draw per class on both sides).
+    """
+    with torch.no_grad():
+        real_mean = class_means(net.embed(real_aug(real) if real_aug else real), num_classes)
+    syn_mean = class_means(net.embed(syn_aug(synthetic) if syn_aug else synthetic), num_classes)
+    return (real_mean - syn_mean).pow(2).sum()
+
+
+def condense_dm(data: ImageDataset, config: DMConfig = DMConfig(), classes: Sequence[int] | None = None,
+                device: str | torch.device = "auto", checkpoint: str | os.PathLike | None = None,
+                resume: bool = False, progress: bool = True) -> SyntheticSet:
+    """Learn ``config.ipc`` synthetic images for each class of ``classes`` (all classes by default)."""
+    device = resolve_device(device)
+    run = Condensation("dm", data, config, classes, device, config.image_lr, checkpoint, resume)
+    k_all = len(run.classes)
+    n_real = min(config.batch_real, int(run.store.counts[run.classes].min()))
+    net = build_model(config.model, data.channels, data.num_classes, data.image_size).to(device)
+    net = net.to(memory_format=channels_last(device, config.amp)).train().requires_grad_(False)
+    fmt = channels_last(device, config.amp)
+
+    chunk = config.class_chunk or k_all
+    chunks = [slice(s, min(s + chunk, k_all)) for s in range(0, k_all, chunk)]
+    widths = [int(run.store.counts[run.classes[c]].max()) for c in chunks]
+    use_aug = config.augment != "none"
+    # sample i of a batch grouped by class uses the augmentation draw of its class
+    groups_real = [torch.arange(c.stop - c.start, device=device).repeat_interleave(n_real) for c in chunks]
+    groups_syn = [torch.arange(c.stop - c.start, device=device).repeat_interleave(config.ipc) for c in chunks]
+
+    bar = run.progress_bar(progress)
+    for it in bar:
+        reinit_(net, run.generator)
+        run.optimizer.zero_grad(set_to_none=True)
+        total = None
+        for c, width, g_real, g_syn in zip(chunks, widths, groups_real, groups_syn):
+            k = c.stop - c.start
+            real = run.store.images[run.store.sample_indices(run.class_index[c], n_real, width, run.generator)]
+            syn = run.images[c.start * config.ipc:c.stop * config.ipc]
+            real_aug = syn_aug = None
+            if use_aug:
+                params = augment.sample_params(k, run.generator, device, config.augment)
+                real_aug = lambda x, p=params, g=g_real: augment.apply(x, p, g)  # noqa: E731
+                syn_aug = lambda x, p=params, g=g_syn: augment.apply(x, p, g)  # noqa: E731
+            with autocast(device, config.amp):
+                loss = dm_loss(net, real.contiguous(memory_format=fmt), syn, k, real_aug, syn_aug)
+            loss.backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        run.optimizer.step()
+        run.end_iteration(it + 1, total, bar)
+    bar.close()
+    return run.result({"lr_img": config.image_lr, "batch_real_used": n_real})

@@ -1,0 +1,280 @@
+"""Networks, built from a compact name or a spec through one factory (``build_model``).
+
+The ConvNet family spans the 720-architecture NAS space; AlexNet, VGG-11 and ResNet-18 serve cross-architecture
+evaluation. Every network exposes ``embed(x)``: the flattened input of its classifier.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .errors import DMError
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "sigmoid": nn.Sigmoid,
+    "relu": lambda: nn.ReLU(inplace=True),
+    "leakyrelu": lambda: nn.LeakyReLU(0.01, inplace=True),
+}
+NORMS = ("none", "batchnorm", "layernorm", "instancenorm", "groupnorm")
+POOLS = ("none", "maxpool", "avgpool")
+
+
+def make_norm(norm: str, channels: int, height: int, width: int) -> nn.Module:
+    """PROTOCOL.md section 2: instance norm is GroupNorm with one group per channel; layer norm spans [C, H, W]."""
+    if norm == "none":
+        return nn.Identity()
+    if norm == "batchnorm":
+        return nn.BatchNorm2d(channels)
+    if norm == "layernorm":
+        return nn.LayerNorm([channels, height, width])
+    if norm == "instancenorm":
+        return nn.GroupNorm(channels, channels, affine=True)
+    if norm == "groupnorm":
+        return nn.GroupNorm(4, channels, affine=True)
+    raise DMError(f"unknown norm {norm!r}: choose one of {', '.join(NORMS)}")
+
+
+@dataclass(frozen=True)
+class ConvNetSpec:
+    """One point of the ConvNet space: depth blocks of conv3x3 -> norm -> act -> pool, then a linear classifier."""
+
+    depth: int = 3
+    width: int = 128
+    act: str = "relu"
+    norm: str = "instancenorm"
+    pool: str = "avgpool"
+
+    def __post_init__(self):
+        if not 1 <= self.depth <= 8:
+            raise DMError(f"ConvNet depth {self.depth} out of range: use 1 to 8")
+        if self.width < 1:
+            raise DMError(f"ConvNet width {self.width} must be positive")
+        if self.act not in ACTIVATIONS:
+            raise DMError(f"unknown activation {self.act!r}: choose one of {', '.join(ACTIVATIONS)}")
+        if self.norm not in NORMS:
+            raise DMError(f"unknown norm {self.norm!r}: choose one of {', '.join(NORMS)}")
+        if self.pool not in POOLS:
+            raise DMError(f"unknown pooling {self.pool!r}: choose one of {', '.join(POOLS)}")
+
+    @property
+    def name(self) -> str:
+        return f"convnet-d{self.depth}-w{self.width}-{self.act}-{self.norm}-{self.pool}"
+
+    @classmethod
+    def parse(cls, name: str) -> "ConvNetSpec":
+        """``convnet``, ``convnetbn``, ``convnet-d4``, ``convnet-w64-sigmoid-maxpool``, or a full ``spec.name``."""
+        head, *tokens = name.lower().split("-")
+        aliases = {"convnet": {}, "convnetbn": {"norm": "batchnorm"}, "convnetin": {"norm": "instancenorm"},
+                   "convnetln": {"norm": "layernorm"}, "convnetgn": {"norm": "groupnorm"}, "convnetnn": {"norm": "none"}}
+        if head not in aliases:
+            raise DMError(f"not a ConvNet name: {name!r}")
+        fields = dict(aliases[head])
+        for token in tokens:
+            if token in ACTIVATIONS:
+                fields["act"] = token
+            elif token in NORMS and token != "none":
+                fields["norm"] = token
+            elif token in POOLS and token != "none":
+                fields["pool"] = token
+            elif token in ("nonorm", "nopool"):
+                fields["norm" if token == "nonorm" else "pool"] = "none"
+            elif token[:1] in "dw" and token[1:].isdigit():
+                fields["depth" if token[0] == "d" else "width"] = int(token[1:])
+            else:
+                raise DMError(f"cannot read {token!r} in model name {name!r}: expected d<depth>, w<width>, "
+                              f"an activation, a norm (or nonorm) or a pooling (or nopool)")
+        return cls(**fields)
+
+
+class ConvNet(nn.Module):
+    def __init__(self, spec: ConvNetSpec, channels: int, num_classes: int, image_size: tuple[int, int]):
+        super().__init__()
+        self.spec = spec
+        height, width = image_size
+        # 28x28 inputs (MNIST) are handled as 32x32: the first conv pads by 3 instead of 1.
+        first_pad = 3 if (height, width) == (28, 28) else 1
+        layers: list[nn.Module] = []
+        in_channels = channels
+        for block in range(spec.depth):
+            pad = first_pad if block == 0 else 1
+            layers.append(nn.Conv2d(in_channels, spec.width, kernel_size=3, padding=pad))
+            height, width = height + 2 * pad - 2, width + 2 * pad - 2
+            layers.append(make_norm(spec.norm, spec.width, height, width))
+            layers.append(ACTIVATIONS[spec.act]())
+            if spec.pool != "none":
+                if height < 2 or width < 2:
+                    raise DMError(f"{spec.name} pools {image_size[0]}x{image_size[1]} images below 1x1: "
+                                  f"use a smaller depth or larger images")
+                layers.append(nn.MaxPool2d(2, 2) if spec.pool == "maxpool" else nn.AvgPool2d(2, 2))
+                height, width = height // 2, width // 2
+            in_channels = spec.width
+        self.features = nn.Sequential(*layers)
+        self.feature_dim = in_channels * height * width
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+def _conv_norm_act(cin: int, cout: int, kernel: int, pad: int, norm: str, size: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, kernel, padding=pad), make_norm(norm, cout, size, size), nn.ReLU(inplace=True)]
+
+
+class AlexNet(nn.Module):
+    """The small-image AlexNet of the DC papers: five convs, three max-pools, one linear layer."""
+
+    def __init__(self, channels: int, num_classes: int, image_size: tuple[int, int], norm: str = "none"):
+        super().__init__()
+        size = image_size[0] + (4 if image_size == (28, 28) else 0)
+        pad0 = 4 if image_size == (28, 28) else 2
+        self.features = nn.Sequential(
+            *_conv_norm_act(channels, 128, 5, pad0, norm, size), nn.MaxPool2d(2),
+            *_conv_norm_act(128, 192, 5, 2, norm, size // 2), nn.MaxPool2d(2),
+            *_conv_norm_act(192, 256, 3, 1, norm, size // 4),
+            *_conv_norm_act(256, 192, 3, 1, norm, size // 4),
+            *_conv_norm_act(192, 192, 3, 1, norm, size // 4), nn.MaxPool2d(2),
+        )
+        self.feature_dim = 192 * (size // 8) ** 2
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    def embed(self, x):
+        return self.features(x).flatten(1)
+
+    def forward(self, x):
+        return self.classifier(self.embed(x))
+
+
+class VGG11(nn.Module):
+    """VGG-11 for 32x32 inputs (instance norm, or batch norm for the BN variant)."""
+
+    plan = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+    def __init__(self, channels: int, num_classes: int, image_size: tuple[int, int], norm: str = "instancenorm"):
+        super().__init__()
+        size = image_size[0] + (4 if image_size == (28, 28) else 0)
+        layers: list[nn.Module] = []
+        cin, first = channels, True
+        for item in self.plan:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+                continue
+            layers += _conv_norm_act(cin, item, 3, 3 if first and image_size == (28, 28) else 1, norm, size)
+            cin, first = item, False
+        self.features = nn.Sequential(*layers)
+        self.feature_dim = 512 * size * size
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
+
+    def embed(self, x):
+        return self.features(x).flatten(1)
+
+    def forward(self, x):
+        return self.classifier(self.embed(x))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int, norm: str, size: int, avg_pool_down: bool):
+        super().__init__()
+        out = size // stride
+        # The "AP" variant used for learning replaces a stride-2 conv by a stride-1 conv followed by 2x2 avg-pooling.
+        down = [nn.AvgPool2d(2)] if (avg_pool_down and stride == 2) else []
+        conv_stride = 1 if avg_pool_down else stride
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride=conv_stride, padding=1, bias=False), *down, make_norm(norm, cout, out, out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), make_norm(norm, cout, out, out),
+        )
+        self.shortcut = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=conv_stride, bias=False), *down, make_norm(norm, cout, out, out))
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    def __init__(self, channels: int, num_classes: int, image_size: tuple[int, int], norm: str = "instancenorm",
+                 avg_pool_down: bool = False):
+        super().__init__()
+        size = image_size[0]
+        layers: list[nn.Module] = [nn.Conv2d(channels, 64, 3, padding=1, bias=False), make_norm(norm, 64, size, size),
+                                   nn.ReLU(inplace=True)]
+        cin = 64
+        for cout, stride in ((64, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1)):
+            layers.append(BasicBlock(cin, cout, stride, norm, size, avg_pool_down))
+            cin, size = cout, size // stride
+        layers += [nn.AdaptiveAvgPool2d(1)]
+        self.features = nn.Sequential(*layers)
+        self.feature_dim = 512
+        self.classifier = nn.Linear(512, num_classes)
+
+    def embed(self, x):
+        return self.features(x).flatten(1)
+
+    def forward(self, x):
+        return self.classifier(self.embed(x))
+
+
+_OTHER_MODELS: dict[str, Callable[..., nn.Module]] = {
+    "alexnet": lambda c, n, s: AlexNet(c, n, s, norm="none"),
+    "alexnetbn": lambda c, n, s: AlexNet(c, n, s, norm="batchnorm"),
+    "vgg11": lambda c, n, s: VGG11(c, n, s, norm="instancenorm"),
+    "vgg11bn": lambda c, n, s: VGG11(c, n, s, norm="batchnorm"),
+    "resnet18": lambda c, n, s: ResNet18(c, n, s, norm="instancenorm"),
+    "resnet18bn": lambda c, n, s: ResNet18(c, n, s, norm="batchnorm"),
+    "resnet18ap": lambda c, n, s: ResNet18(c, n, s, norm="instancenorm", avg_pool_down=True),
+    "resnet18bnap": lambda c, n, s: ResNet18(c, n, s, norm="batchnorm", avg_pool_down=True),
+}
+MODEL_NAMES = ("convnet", "convnetbn", "convnet-d<depth>-w<width>-<act>-<norm>-<pool>", *_OTHER_MODELS)
+
+
+def build_model(model: str | ConvNetSpec, channels: int, num_classes: int,
+                image_size: tuple[int, int]) -> nn.Module:
+    """The one factory: a ConvNetSpec, a ConvNet name, or one of the cross-architecture names."""
+    image_size = tuple(image_size)
+    if isinstance(model, ConvNetSpec):
+        return ConvNet(model, channels, num_classes, image_size)
+    key = str(model).lower()
+    if key in _OTHER_MODELS:
+        if image_size[0] < 28 and key.startswith(("alexnet", "vgg")):
+            raise DMError(f"{key} needs images of at least 28x28, got {image_size[0]}x{image_size[1]}: use a ConvNet")
+        return _OTHER_MODELS[key](channels, num_classes, image_size)
+    if key.startswith("convnet"):
+        return ConvNet(ConvNetSpec.parse(key), channels, num_classes, image_size)
+    raise DMError(f"unknown model {model!r}: choose one of {', '.join(MODEL_NAMES)}")
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def reinit_(model: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Re-initialise every parameter in place, drawing from ``generator`` (PyTorch's default init scheme).
+
+    Conv and linear layers get U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases, which is what
+    kaiming_uniform_(a=sqrt(5)) amounts to; norms get weight 1, bias 0 and fresh running statistics. In place, so a
+    DM iteration costs no allocation and no module construction.
+    """
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            fan_in = module.weight[0].numel()
+            bound = 1.0 / math.sqrt(fan_in)
+            module.weight.uniform_(-bound, bound, generator=generator)
+            if module.bias is not None:
+                module.bias.uniform_(-bound, bound, generator=generator)
+        elif isinstance(module, (nn.GroupNorm, nn.LayerNorm, nn.modules.batchnorm._BatchNorm)):
+            if module.weight is not None:
+                module.weight.fill_(1.0)
+                module.bias.zero_()
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.reset_running_stats()
+    return model

@@ -1,0 +1,120 @@
+"""Synthetic-set files: images, labels and provenance in one ``.pt`` that ``torch.load(weights_only=True)`` reads."""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .errors import DMError
+from .io import atomic_torch_save
+
+FORMAT = "dm_core.synthetic_set/1"
+
+
+def package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("dm-toolkit")
+    except Exception:  # running from a source tree that was never installed
+        return "0+source"
+
+
+@dataclass
+class SyntheticSet:
+    """A condensed or selected training set: normalised float images (CPU), int64 labels, and a provenance dict.
+
+    ``meta`` holds at least ``dataset``, ``method``, ``ipc``, ``mean``, ``std`` (for de-normalising) and ``seed``;
+    condensation adds ``iterations`` and its hyper-parameters. Only plain types go in ``meta`` so that the file loads
+    with ``weights_only=True``.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.images.dim() != 4 or self.labels.dim() != 1 or len(self.images) != len(self.labels):
+            raise DMError(f"a synthetic set needs N x C x H x W images and N labels, got {tuple(self.images.shape)} "
+                          f"and {tuple(self.labels.shape)}")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def classes(self) -> list[int]:
+        return sorted(set(self.labels.tolist()))
+
+    def select_classes(self, classes: Sequence[int]) -> "SyntheticSet":
+        keep = torch.isin(self.labels, torch.as_tensor(list(classes), dtype=torch.long))
+        return SyntheticSet(self.images[keep], self.labels[keep], dict(self.meta))
+
+    @staticmethod
+    def concat(sets: Sequence["SyntheticSet"], meta: dict | None = None) -> "SyntheticSet":
+        if not sets:
+            raise DMError("nothing to concatenate: no synthetic sets given")
+        return SyntheticSet(torch.cat([s.images for s in sets]), torch.cat([s.labels for s in sets]),
+                            dict(meta if meta is not None else sets[0].meta))
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write atomically: an existing good file is replaced only by a complete new one."""
+        payload = {"format": FORMAT, "images": self.images.detach().cpu().float().contiguous(),
+                   "labels": self.labels.detach().cpu().long(), "meta": _plain(self.meta)}
+        return atomic_torch_save(payload, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "SyntheticSet":
+        """Read a file written by ``save``, or by the original DM code (a dict whose 'data' holds [[images, labels]])."""
+        path = Path(path)
+        if not path.is_file():
+            raise DMError(f"no synthetic-set file at {path}")
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DMError(f"{path} is not a readable synthetic-set file ({first[:120]})") from None
+        if isinstance(payload, dict) and payload.get("format") == FORMAT:
+            return cls(payload["images"], payload["labels"], dict(payload.get("meta", {})))
+        if isinstance(payload, dict) and isinstance(payload.get("data"), (list, tuple)) and payload["data"]:
+            entry = payload["data"][-1]
+            if isinstance(entry, (list, tuple)) and len(entry) == 2 and all(torch.is_tensor(t) for t in entry):
+                return cls(entry[0].float(), entry[1].long(), {"method": "dm-original", "source": str(path)})
+        raise DMError(f"{path} is a torch file but not a synthetic set (expected a dm_core set or the original DM "
+                      f"format {{'data': [[images, labels]]}})")
+
+    def denormalised(self) -> torch.Tensor:
+        mean = torch.tensor(self.meta.get("mean", (0.0,) * self.images.shape[1])).view(1, -1, 1, 1)
+        std = torch.tensor(self.meta.get("std", (1.0,) * self.images.shape[1])).view(1, -1, 1, 1)
+        return (self.images * std + mean).clamp(0, 1)
+
+    def save_grid_png(self, path: str | os.PathLike) -> Path:
+        """One row per class, one column per image (the look of the paper's Figure 2)."""
+        import io as _io
+
+        from torchvision.utils import make_grid
+        from PIL import Image
+
+        from .io import atomic_write_bytes
+
+        order = torch.argsort(self.labels, stable=True)
+        per_class = max(int(torch.bincount(self.labels).max()), 1)
+        grid = make_grid(self.denormalised()[order], nrow=per_class, padding=1, pad_value=1.0)
+        array = (grid.permute(1, 2, 0).mul(255).round().byte().numpy())
+        buffer = _io.BytesIO()
+        Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(buffer, format="PNG")
+        return atomic_write_bytes(path, buffer.getvalue())
+
+
+def _plain(value):
+    """Keep meta loadable under weights_only: tuples become lists, unknown objects become strings."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)

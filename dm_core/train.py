@@ -1,0 +1,149 @@
+"""Training from scratch on a (small) set and testing on the real test set, PROTOCOL.md section 4.
+
+The airbench way: the whole set sits on the device, each epoch is one ``randperm`` and slices of it, augmentation
+is one batched DSA call per batch, and the loop never reads a number back to the host.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import augment
+from .condense import autocast, channels_last
+from .data import ImageDataset
+from .device import make_generator, resolve_device
+from .errors import DMError
+from .nets import build_model, reinit_
+from .synset import SyntheticSet
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 1000
+    batch_size: int = 256
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    decay_epochs: int | None = None  # lr x 0.1 from this epoch on; None = epochs // 2
+    augment: bool = True  # DSA with per-sample draws on every batch
+    iterations: int | None = None  # if set: exactly this many SGD steps (lr decay at half), epochs ignored
+    amp: bool = True  # bf16 autocast and channels_last on CUDA
+
+    def __post_init__(self):
+        if self.epochs < 1 or self.batch_size < 1 or (self.iterations is not None and self.iterations < 1):
+            raise DMError(f"training needs epochs >= 1, batch_size >= 1 and iterations >= 1 (got {self.epochs}, "
+                          f"{self.batch_size}, {self.iterations})")
+
+    def schedule(self, num_samples: int) -> tuple[int, int, int]:
+        """(steps per epoch, total steps, step at which the learning rate drops)."""
+        per_epoch = math.ceil(num_samples / self.batch_size)
+        if self.iterations is not None:
+            return per_epoch, self.iterations, self.iterations // 2
+        decay = self.decay_epochs if self.decay_epochs is not None else self.epochs // 2
+        return per_epoch, self.epochs * per_epoch, decay * per_epoch
+
+
+def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig = TrainConfig(),
+                seed: int = 0, device: str | torch.device = "auto", progress: bool = False) -> nn.Module:
+    """Train ``model`` from its current weights on (x, y); returns it in eval mode, on ``device``."""
+    device = resolve_device(device)
+    if len(x) == 0 or len(x) != len(y):
+        raise DMError(f"cannot train on {len(x)} images with {len(y)} labels")
+    fmt = channels_last(device, config.amp)
+    model = model.to(device, memory_format=fmt).train()
+    x = x.to(device, memory_format=fmt)
+    y = y.to(device)
+    generator = make_generator(seed, device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    per_epoch, total, decay_at = config.schedule(len(x))
+    order = None
+    for step in tqdm(range(total), desc="train", disable=not progress, leave=False, dynamic_ncols=True):
+        within = step % per_epoch
+        if within == 0:
+            order = torch.randperm(len(x), generator=generator, device=device)
+        if step == decay_at:
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * 0.1
+        idx = order[within * config.batch_size:(within + 1) * config.batch_size]
+        xb = x[idx]
+        if config.augment:
+            xb = augment.apply(xb, augment.sample_params(len(idx), generator, device))
+        with autocast(device, config.amp):
+            loss = F.cross_entropy(model(xb).float(), y[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return model.eval()
+
+
+@torch.no_grad()
+def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: str | torch.device = "auto",
+                      batch_size: int = 1024, classes=None, amp: bool = True) -> float:
+    """Top-1 accuracy in [0, 1] over (x, y), restricted to samples of ``classes`` when given."""
+    device = resolve_device(device)
+    if classes is not None:
+        keep = torch.isin(y, torch.as_tensor(list(classes), dtype=y.dtype))
+        x, y = x[keep], y[keep]
+    if len(y) == 0:
+        raise DMError("no test images to evaluate on")
+    model = model.to(device).eval()
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    for start in range(0, len(y), batch_size):
+        xb = x[start:start + batch_size].to(device, non_blocking=True)
+        with autocast(device, amp):
+            pred = model(xb).argmax(dim=1)
+        correct += (pred == y[start:start + batch_size].to(device)).sum()
+    return correct.item() / len(y)
+
+
+def fresh_model(model: str, data: ImageDataset, seed: int, device: torch.device) -> nn.Module:
+    """A newly initialised network, its weights drawn from ``seed`` (no global RNG involved)."""
+    net = build_model(model, data.channels, data.num_classes, data.image_size)
+    return reinit_(net, make_generator(seed, torch.device("cpu"))).to(device)
+
+
+def train_and_test(x: torch.Tensor, y: torch.Tensor, data: ImageDataset, model: str = "convnet",
+                   config: TrainConfig = TrainConfig(), seed: int = 0, device: str | torch.device = "auto",
+                   test_classes=None, progress: bool = False) -> float:
+    """Train a fresh ``model`` on (x, y) and return its accuracy on ``data``'s test set."""
+    device = resolve_device(device)
+    net = train_model(fresh_model(model, data, seed, device), x, y, config, seed, device, progress)
+    return evaluate_accuracy(net, data.x_test, data.y_test, device, classes=test_classes, amp=config.amp)
+
+
+@dataclass
+class EvalResult:
+    mean: float
+    std: float
+    accuracies: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def check_compatible(synset: SyntheticSet, data: ImageDataset) -> None:
+    if tuple(synset.images.shape[1:]) != (data.channels, *data.image_size):
+        raise DMError(f"the set holds {tuple(synset.images.shape[1:])} images but {data.name} has "
+                      f"{(data.channels, *data.image_size)}: evaluate it on the dataset it was made from")
+    if int(synset.labels.max()) >= data.num_classes or int(synset.labels.min()) < 0:
+        raise DMError(f"the set's labels go beyond the {data.num_classes} classes of {data.name}")
+
+
+def evaluate_set(synset: SyntheticSet, data: ImageDataset, model: str = "convnet", n_models: int = 5,
+                 config: TrainConfig = TrainConfig(), seed: int = 0, device: str | torch.device = "auto",
+                 progress: bool = True) -> EvalResult:
+    """Train ``n_models`` fresh networks (seeds seed..seed+n-1) on the set; test each; mean and std in percent."""
+    check_compatible(synset, data)
+    device = resolve_device(device)
+    started = time.perf_counter()
+    accuracies = []
+    for i in tqdm(range(n_models), desc=f"evaluate {model}", disable=not progress, dynamic_ncols=True):
+        accuracies.append(100 * train_and_test(synset.images, synset.labels, data, model, config, seed + i, device))
+    std = statistics.pstdev(accuracies) if len(accuracies) > 1 else 0.0
+    return EvalResult(statistics.fmean(accuracies), std, accuracies, time.perf_counter() - started)

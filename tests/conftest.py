@@ -1,0 +1,38 @@
+"""Shared fixtures. Tests run on the CPU, small and seeded.
+
+MNIST comes from $DM_DATA_ROOT (CI points it at ../shared/data). Without it the MNIST tests skip, unless
+$DM_REQUIRE_DATA=1 (set by .ci/run), when a missing MNIST fails them instead.
+"""
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """Avalanche and NNI write under $HOME: keep that inside the test's temp area."""
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from dm_core import load_dataset
+
+    return load_dataset("digits")
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    from dm_core import DMError, load_dataset
+
+    root = os.environ.get("DM_DATA_ROOT") or str(Path(__file__).resolve().parents[1].parent / "shared" / "data")
+    try:
+        return load_dataset("mnist", root, download=False)
+    except DMError as exc:
+        if os.environ.get("DM_REQUIRE_DATA") == "1":
+            pytest.fail(f"MNIST is required here (DM_REQUIRE_DATA=1): {exc}")
+        pytest.skip(f"MNIST not available: {exc}")
