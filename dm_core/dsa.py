@@ -27,10 +27,10 @@ SCHEDULE = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 5
 
 
 def default_loops(ipc: int) -> tuple[int, int]:
-    """The paper's schedule; an unlisted ipc takes that of the nearest listed one (ties upwards), so 5 -> 10's
-    and anything above 50 -> 50's."""
-    nearest = min(SCHEDULE, key=lambda listed: (abs(listed - ipc), -listed))
-    return SCHEDULE[nearest]
+    """The paper's schedule. An unlisted ipc takes that of the next listed ipc above it (5 -> 10's, 15 -> 20's), and
+    anything above 50 takes 50's: more outer steps per network is the safe side."""
+    above = [listed for listed in sorted(SCHEDULE) if listed >= ipc]
+    return SCHEDULE[above[0] if above else max(SCHEDULE)]
 
 
 @dataclass(frozen=True)
