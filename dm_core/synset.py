@@ -91,21 +91,27 @@ class SyntheticSet:
         std = torch.tensor(self.meta.get("std", (1.0,) * self.images.shape[1])).view(1, -1, 1, 1)
         return (self.images * std + mean).clamp(0, 1)
 
-    def save_grid_png(self, path: str | os.PathLike) -> Path:
-        """One row per class, one column per image (the look of the paper's Figure 2)."""
+    def save_grid_png(self, path: str | os.PathLike, min_size: int = 64) -> Path:
+        """One row per class, one column per image (the look of the paper's Figure 2); with one image per class, one
+        row of classes. Images smaller than ``min_size`` pixels are enlarged (nearest neighbour) to stay legible."""
         import io as _io
 
-        from torchvision.utils import make_grid
+        import torch.nn.functional as F
         from PIL import Image
+        from torchvision.utils import make_grid
 
         from .io import atomic_write_bytes
 
         order = torch.argsort(self.labels, stable=True)
-        per_class = max(int(torch.bincount(self.labels).max()), 1)
-        grid = make_grid(self.denormalised()[order], nrow=per_class, padding=1, pad_value=1.0)
-        array = (grid.permute(1, 2, 0).mul(255).round().byte().numpy())
+        per_class = int(torch.bincount(self.labels).max())
+        images = self.denormalised()[order]
+        scale = max(1, min_size // images.shape[-1])
+        if scale > 1:
+            images = F.interpolate(images, scale_factor=scale, mode="nearest")
+        grid = make_grid(images, nrow=per_class if per_class > 1 else len(images), padding=1, pad_value=1.0)
+        array = grid.permute(1, 2, 0).mul(255).round().byte().numpy()
         buffer = _io.BytesIO()
-        Image.fromarray(array.squeeze(-1) if array.shape[-1] == 1 else array).save(buffer, format="PNG")
+        Image.fromarray(array[..., 0] if self.images.shape[1] == 1 else array).save(buffer, format="PNG")
         return atomic_write_bytes(path, buffer.getvalue())
 
 

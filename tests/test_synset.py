@@ -60,5 +60,5 @@ def test_grid_png(tmp_path):
     from PIL import Image
 
     path = make_set().save_grid_png(tmp_path / "grid.png")
-    with Image.open(path) as im:
-        assert im.size == (2 * 9 + 1, 3 * 9 + 1)  # 2 images per row, 3 class rows, 1-pixel padding
+    with Image.open(path) as im:  # 8x8 images enlarged 8x; 2 images per row, 3 class rows, 1-pixel padding
+        assert im.size == (2 * 65 + 1, 3 * 65 + 1) and im.mode == "L"

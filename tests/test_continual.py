@@ -1,0 +1,294 @@
+"""continual/: memory, class order, model reset, resume and CLI errors, on small generated data (CPU, seconds)."""
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dm_core import DMError, ImageDataset, TrainConfig, build_model, evaluate_accuracy, reinit_
+
+TINY_NET = "convnet-d1-w8-relu-instancenorm-avgpool"
+
+
+@pytest.fixture(scope="module")
+def cl(tmp_path_factory):
+    """The continual package, imported with HOME in a temp dir: Avalanche writes ~/.avalanche when imported."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+        torch.set_num_threads(1)
+        import continual
+
+        yield continual
+
+
+def toy_data(num_classes: int = 6, per_class: int = 12, test_per_class: int = 5) -> ImageDataset:
+    """Separable 8x8 grey images: class c is noise plus a bright pixel at position c."""
+    g = torch.Generator().manual_seed(0)
+
+    def split(n):
+        y = torch.arange(num_classes).repeat_interleave(n)
+        x = 0.3 * torch.randn(len(y), 1, 8, 8, generator=g)
+        x.view(len(y), -1)[torch.arange(len(y)), y * 3] += 3.0
+        return x, y
+
+    x_tr, y_tr = split(per_class)
+    x_te, y_te = split(test_per_class)
+    return ImageDataset("toy", x_tr, y_tr, x_te, y_te, num_classes, (0.0,), (1.0,),
+                        tuple(str(c) for c in range(num_classes)))
+
+
+def config(cl, out: Path, **overrides):
+    values = dict(out=out, dataset="digits", steps=2, methods=("random",), ipc=2, seeds=(0,), runs=1, epochs=3,
+                  model=TINY_NET, max_train_per_class=30, device="cpu", progress=False)
+    values.update(overrides)
+    return cl.ContinualConfig(**values)
+
+
+def test_class_order_is_the_seeded_numpy_permutation(cl):
+    for seed in (0, 1, 4):
+        np.random.seed(seed)
+        expected = np.random.permutation(100).tolist()
+        np.random.seed(12345)  # a different global state before the call must not matter
+        assert cl.class_order(seed, 100) == expected
+    assert cl.class_order(0, 10) == [2, 8, 4, 9, 1, 6, 7, 3, 0, 5]
+
+
+def test_benchmark_follows_the_class_order_and_keeps_labels(cl):
+    data = toy_data()
+    order = cl.class_order(3, data.num_classes)
+    benchmark = cl.make_benchmark(data, order, steps=3)
+    for t, (train, test) in enumerate(zip(benchmark.train_stream, benchmark.test_stream)):
+        chunk = order[2 * t:2 * t + 2]
+        assert set(train.classes_in_this_experience) == set(chunk)
+        labels = sorted(int(train.dataset[i][1]) for i in range(len(train.dataset)))
+        assert labels == sorted(chunk * 12)  # original labels, every image of those classes
+        assert len(test.dataset) == 2 * 5
+    with pytest.raises(DMError, match="do not divide"):
+        cl.make_benchmark(data, order, steps=4)
+
+
+@pytest.mark.parametrize("method,options", [("random", {}), ("dm", {"iterations": 2, "batch_real": 4,
+                                                                      "model": TINY_NET})])
+def test_memory_holds_ipc_per_seen_class_and_keeps_old_classes(cl, method, options):
+    data = toy_data()
+    builder = cl.MemoryBuilder(method, ipc=3, template=data, seed=1, device="cpu", options=options)
+    memory = cl.CondensedMemory(builder)
+    benchmark = cl.make_benchmark(data, cl.class_order(1, data.num_classes), steps=3)
+    seen, snapshots = [], {}
+    for experience in benchmark.train_stream:
+        memory.post_adapt(None, experience)
+        seen += sorted(experience.classes_in_this_experience)
+        images, labels = memory.tensors()
+        assert torch.bincount(labels, minlength=data.num_classes)[seen].tolist() == [3] * len(seen)
+        assert set(labels.tolist()) == set(seen) and len(memory.buffer) == 3 * len(seen)
+        for c, old in snapshots.items():  # older classes untouched by this step
+            assert torch.equal(memory.memories[c].images, old)
+        snapshots.update({c: memory.memories[c].images.clone() for c in experience.classes_in_this_experience})
+        memory.post_adapt(None, experience)  # seeing a step again builds nothing
+        assert len(memory.tensors()[1]) == 3 * len(seen)
+
+
+def test_each_step_builds_from_the_new_classes_only(cl, monkeypatch):
+    data = toy_data()
+    calls = []
+
+    def spy(method, step_data, ipc, classes, **kwargs):
+        calls.append((sorted(classes), sorted(set(step_data.y_train.tolist()))))
+        keep = torch.cat([torch.nonzero(step_data.y_train == c).flatten()[:ipc] for c in classes])
+        from dm_core import SyntheticSet
+        return SyntheticSet(step_data.x_train[keep], step_data.y_train[keep], {})
+
+    monkeypatch.setattr("continual.memory.make_set", spy)
+    memory = cl.CondensedMemory(cl.MemoryBuilder("herding", ipc=2, template=data, device="cpu"))
+    for experience in cl.make_benchmark(data, cl.class_order(0, 6), steps=3).train_stream:
+        memory.post_adapt(None, experience)
+    order = cl.class_order(0, 6)
+    assert calls == [(sorted(order[i:i + 2]), sorted(order[i:i + 2])) for i in (0, 2, 4)]
+
+
+def make_strategy(cl, data, plugin, epochs=0):
+    from avalanche.training import Naive
+    from avalanche.training.plugins import EvaluationPlugin
+    from avalanche.evaluation.metrics import accuracy_metrics
+    from avalanche.logging import TextLogger
+
+    model = build_model(TINY_NET, data.channels, data.num_classes, data.image_size)
+    return Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), train_epochs=epochs,
+                 train_mb_size=16, eval_mb_size=64, device="cpu", plugins=[plugin],
+                 evaluator=EvaluationPlugin(accuracy_metrics(stream=True), loggers=[TextLogger(io.StringIO())]))
+
+
+def test_model_is_reinitialised_before_each_step_and_trained_on_the_memory(cl):
+    data = toy_data()
+    memory = cl.CondensedMemory(cl.MemoryBuilder("random", ipc=2, template=data, seed=0))
+    seen_by_trainer = []
+
+    def trainer(model, x, y, config, seed, device, progress):
+        seen_by_trainer.append(({k: v.clone() for k, v in model.state_dict().items()}, y.clone(), seed))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(1.0)  # "training" that a missing reset would carry into the next step
+        return model
+
+    plugin = cl.GDumbMemoryPlugin(memory, seed=7, train_config=TrainConfig(epochs=1), trainer=trainer)
+    strategy = make_strategy(cl, data, plugin)
+    benchmark = cl.make_benchmark(data, cl.class_order(0, 6), steps=3)
+    for t, experience in enumerate(benchmark.train_stream):
+        strategy.train(experience)
+        weights, labels, seed = seen_by_trainer[t]
+        fresh = reinit_(build_model(TINY_NET, 1, 6, (8, 8)), torch.Generator().manual_seed(cl.step_seed(7, t)))
+        assert all(torch.equal(weights[k], v) for k, v in fresh.state_dict().items())
+        assert sorted(labels.tolist()) == sorted(memory.tensors()[1].tolist())  # the whole memory, only
+        assert len(labels) == 2 * 2 * (t + 1) and seed == cl.step_seed(7, t)
+
+
+def test_stream_accuracy_is_the_accuracy_on_seen_classes(cl):
+    data = toy_data()
+    memory = cl.CondensedMemory(cl.MemoryBuilder("random", ipc=4, template=data, seed=0))
+    plugin = cl.GDumbMemoryPlugin(memory, seed=0, train_config=TrainConfig(epochs=20, augment=False))
+    strategy = make_strategy(cl, data, plugin)
+    benchmark = cl.make_benchmark(data, cl.class_order(2, 6), steps=3)
+    for t, experience in enumerate(benchmark.train_stream):
+        strategy.train(experience)
+        avalanche = strategy.eval(benchmark.test_stream[:t + 1])[cl.experiment.STREAM_ACCURACY]
+        ours = evaluate_accuracy(strategy.model, data.x_test, data.y_test, "cpu", classes=list(memory.memories))
+        assert avalanche == pytest.approx(ours, abs=1e-12)
+
+
+def test_plugin_refuses_to_train_twice(cl):
+    data = toy_data()
+    memory = cl.CondensedMemory(cl.MemoryBuilder("random", ipc=2, template=data))
+    strategy = make_strategy(cl, data, cl.GDumbMemoryPlugin(memory, train_config=TrainConfig()), epochs=1)
+    with pytest.raises(DMError, match="train_epochs=0"):
+        strategy.train(cl.make_benchmark(data, list(range(6)), 3).train_stream[0])
+
+
+def test_plugin_without_train_config_lets_the_strategy_train_on_the_memory(cl):
+    from avalanche.core import SupervisedPlugin
+
+    class SeenLabels(SupervisedPlugin):
+        def __init__(self):
+            super().__init__()
+            self.labels = []
+
+        def after_training_iteration(self, strategy, **kwargs):
+            self.labels += strategy.mb_y.tolist()
+
+    data = toy_data()
+    memory = cl.CondensedMemory(cl.MemoryBuilder("random", ipc=2, template=data))
+    spy = SeenLabels()
+    strategy = make_strategy(cl, data, cl.GDumbMemoryPlugin(memory), epochs=2)
+    strategy.plugins.append(spy)
+    strategy.train(cl.make_benchmark(data, list(range(6)), 3).train_stream[0])
+    assert sorted(spy.labels) == [0] * 4 + [1] * 4  # 2 epochs over 2 images of each class, not the 24 real ones
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_writes_the_run_dir_and_resume_skips_finished_units(cl, tmp_path, monkeypatch):
+    import continual.memory
+    import continual.plugin
+
+    out = tmp_path / "run"
+    cfg = config(cl, out, methods=("random", "dm"), seeds=(0, 1), runs=2, iterations=2,
+                 method_options={"dm": {"batch_real": 8}})
+    cl.run_continual(cfg)
+    rows = read_rows(out / "results.csv")
+    assert len(rows) == 2 * 2 * 2 * 2
+    assert list(rows[0]) == list(cl.COLUMNS)
+    assert {(r["method"], r["seed"], r["run"], r["step"]) for r in rows} == {
+        (m, str(s), str(r), str(t)) for m in ("random", "dm") for s in (0, 1) for r in (0, 1) for t in range(2)}
+    assert sorted({int(r["classes_seen"]) for r in rows}) == [5, 10]
+    assert all(0.0 <= float(r["accuracy"]) <= 1.0 for r in rows)
+    files = sorted(p.relative_to(out).as_posix() for p in (out / "memory").rglob("*.pt"))
+    assert files == [f"memory/{m}/seed{s}/step{t:02d}.pt" for m in ("dm", "random") for s in (0, 1) for t in range(2)]
+    assert (out / "config.json").is_file() and "accuracy=" in (out / "log.txt").read_text()
+
+    # Interrupt: drop the last two evaluation rows and dm seed 1's last memory file, then run again.
+    kept = rows[:-2]
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=cl.COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(kept)
+    (out / "memory/dm/seed1/step01.pt").unlink()
+    built, trained = [], []
+    real_make_set, real_train = continual.memory.make_set, continual.plugin.train_model
+    monkeypatch.setattr("continual.memory.make_set",
+                        lambda method, data, ipc, classes, **kw: built.append((method, classes)) or
+                        real_make_set(method, data, ipc, classes, **kw))
+    monkeypatch.setattr("continual.plugin.train_model",
+                        lambda model, x, y, config, seed, **kw: trained.append(seed) or
+                        real_train(model, x, y, config, seed, **kw))
+    cl.run_continual(cfg)
+    again = read_rows(out / "results.csv")
+    assert again[:-2] == kept and len(again) == len(rows)
+    assert [(r["method"], r["seed"], r["run"], r["step"]) for r in again[-2:]] == \
+        [(r["method"], r["seed"], r["run"], r["step"]) for r in rows[-2:]]
+    assert built == [("dm", sorted(cl.class_order(1, 10)[5:10]))]  # only the deleted memory unit
+    assert len(trained) == 2  # only the two missing evaluation units
+
+
+def test_run_dir_refuses_other_protocol_settings(cl, tmp_path):
+    out = tmp_path / "run"
+    cl.run_continual(config(cl, out, steps=2, ipc=1, epochs=1))
+    with pytest.raises(DMError, match="ipc 1 -> 2"):
+        cl.prepare(config(cl, out, steps=2, ipc=2, epochs=1))
+    cl.prepare(config(cl, out, steps=2, ipc=1, epochs=1, methods=("dm",), seeds=(3,)))  # more units are fine
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--steps", "3"], "does not divide the 10 classes"),
+    (["--ipc", "1000"], "ipc 1000 is more than"),
+    (["--dataset", "npz:/no/such/file.npz"], "no array file"),
+    (["--dataset", "nosuchdata"], "unknown dataset"),
+    (["--option", "gdumb.lr=1"], "unknown method(s) gdumb"),
+    (["--model", "nosuchnet"], "nosuchnet"),
+    (["--runs", "0"], "--runs must be at least 1"),
+])
+def test_cli_rejects_bad_input_with_one_line(cl, tmp_path, capsys, argv, message):
+    from continual.run import main
+
+    out = tmp_path / "never"
+    assert main(["--dataset", "digits", "--out", str(out), "--no-progress", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    assert not out.exists()  # no work started
+
+
+def test_cli_rejects_unknown_memory_method(cl, capsys):
+    from continual.run import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--memory", "gdumb"])
+    assert exit_info.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_cli_runs_a_tiny_protocol(cl, tmp_path, capsys):
+    from continual.run import main
+
+    out = tmp_path / "cli"
+    argv = ["--dataset", "digits", "--steps", "2", "--memory", "all", "--ipc", "1", "--seeds", "3", "--runs", "1",
+            "--epochs", "2", "--iterations", "1", "--model", TINY_NET, "--max-train-per-class", "20",
+            "--option", "herding.epochs=1", "--option", "dm.batch_real=8", "--option", "dsa.batch_real=8",
+            "--device", "cpu", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    rows = read_rows(out / "results.csv")
+    assert sorted({r["method"] for r in rows}) == ["dm", "dsa", "herding", "random"] and len(rows) == 8
+
+
+@pytest.mark.skipif(not (Path(os.environ.get("DM_DATA_ROOT", "/work/shared/data")) / "MNIST").is_dir(),
+                    reason="MNIST not present")
+def test_mnist_protocol_is_prepared(cl, tmp_path):
+    cfg = config(cl, tmp_path / "m", dataset="mnist", data_root=os.environ.get("DM_DATA_ROOT", "/work/shared/data"),
+                 steps=5, ipc=5, max_train_per_class=50)
+    data = cl.prepare(cfg)
+    assert data.num_classes == 10 and torch.bincount(data.y_train).tolist() == [50] * 10
+    assert len(data.y_test) == 10_000
