@@ -1,0 +1,150 @@
+"""From trial records to the paper's Table 5 numbers: rankings, top-5% Spearman, selected architecture, costs.
+
+Pure functions over ``TrialRecord`` lists (read from the CSVs); nothing here trains.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import warnings
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from scipy import stats
+
+from dm_core import DMError
+
+from .results import TrialRecord
+
+TOP_FRACTION = 0.05
+GROUNDTRUTH_LABEL = "whole (ground truth)"
+
+
+def mean_scores(records: Iterable[TrialRecord], field: str = "val_acc") -> dict[str, float]:
+    """Mean of ``field`` over repeats, per architecture."""
+    values: dict[str, list[float]] = {}
+    for r in records:
+        value = getattr(r, field)
+        if value is not None:
+            values.setdefault(r.arch, []).append(value)
+    return {arch: statistics.fmean(v) for arch, v in values.items()}
+
+
+def rank(scores: Mapping[str, float]) -> list[str]:
+    """Best first; ties broken by architecture name so that a ranking is reproducible."""
+    return sorted(scores, key=lambda arch: (-scores[arch], arch))
+
+
+def top_k_count(n: int, fraction: float = TOP_FRACTION) -> int:
+    """ceil(fraction * n), at least 1; 5% of 720 is 36 (the epsilon keeps float error from adding one)."""
+    return max(1, math.ceil(fraction * n - 1e-9))
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """scipy's Spearman rho (average ranks for ties); NaN when undefined (fewer than 2 points, or constant)."""
+    if len(x) < 2 or len(set(x)) < 2 or len(set(y)) < 2:
+        return math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(stats.spearmanr(x, y).statistic)
+
+
+@dataclass(frozen=True)
+class TopKCorrelation:
+    rho: float
+    archs: list[str]  # the proxy's top k, best first
+
+
+def top_k_spearman(proxy_scores: Mapping[str, float], truth_scores: Mapping[str, float],
+                   fraction: float = TOP_FRACTION, k: int | None = None) -> TopKCorrelation:
+    """Spearman correlation, over the proxy's top k architectures, of proxy score and true (whole-data) score.
+
+    k = ceil(fraction x number of ranked architectures) unless given. Every top-k architecture needs a true score.
+    """
+    ranked = rank(proxy_scores)
+    top = ranked[:k if k is not None else top_k_count(len(ranked), fraction)]
+    missing = [a for a in top if a not in truth_scores]
+    if missing:
+        raise DMError(f"{len(missing)} of the top {len(top)} architectures have no ground truth yet "
+                      f"(e.g. {missing[0]}): run python -m nas.groundtruth first")
+    return TopKCorrelation(spearman([proxy_scores[a] for a in top], [truth_scores[a] for a in top]), top)
+
+
+@dataclass(frozen=True)
+class MethodSummary:
+    """One column of Table 5."""
+
+    method: str
+    budget: str
+    architectures: int  # ranked by this method
+    top_k: int
+    spearman_top_k: float
+    spearman_all: float  # over every ranked architecture that has a ground truth
+    selected: str
+    selected_proxy_acc: float
+    selected_whole_acc: float  # whole-data test accuracy of the selected architecture (NaN: no ground truth)
+    search_minutes: float  # training and validation time of every repeat of every architecture
+    make_minutes: float  # time to condense / select the proxy set
+    storage_images: int
+    top: list[str]
+    proxy_scores: dict[str, float]
+
+
+def summarize_method(method: str, budget: str, records: list[TrialRecord], truth: Mapping[str, float],
+                     storage_images: int, make_seconds: float, fraction: float = TOP_FRACTION) -> MethodSummary:
+    scores = mean_scores(records)
+    ranked = rank(scores)
+    k = top_k_count(len(ranked), fraction)
+    top = ranked[:k]
+    have = [a for a in top if a in truth]
+    rho = (top_k_spearman(scores, truth, k=k).rho if len(have) == len(top) else math.nan)
+    common = [a for a in ranked if a in truth]
+    rho_all = spearman([scores[a] for a in common], [truth[a] for a in common])
+    selected = ranked[0]
+    return MethodSummary(method, budget, len(ranked), k, rho, rho_all, selected, scores[selected],
+                         truth.get(selected, math.nan), sum(r.seconds for r in records) / 60, make_seconds / 60,
+                         storage_images, top, scores)
+
+
+def method_order(name: str) -> tuple[int, str]:
+    """Table 5's column order: random, DSA, DM (and other sets), early stopping, whole, ground truth."""
+    for i, prefix in enumerate(("random", "herding", "dsa", "dm", "early", "whole")):
+        if name.startswith(prefix):
+            return (i if name != GROUNDTRUTH_LABEL else 7, name)
+    return (6, name)
+
+
+def summarize_run(results: list[TrialRecord], groundtruth: list[TrialRecord], proxies: Mapping[str, dict],
+                  fraction: float = TOP_FRACTION) -> list[MethodSummary]:
+    """Every (proxy, budget) of the results, plus the ground truth's own column when it covers all ranked archs."""
+    truth = mean_scores(groundtruth, "test_acc")
+    groups: dict[tuple[str, str], list[TrialRecord]] = {}
+    for r in results:
+        groups.setdefault((r.proxy, r.budget), []).append(r)
+    names = {proxy for proxy, _ in groups}
+    summaries = []
+    for (proxy, budget), records in groups.items():
+        label = proxy if sum(p == proxy for p, _ in groups) == 1 else f"{proxy} ({budget})"
+        info = proxies.get(proxy, {})
+        images = int(info.get("images", records[0].train_images))
+        summaries.append(summarize_method(label, budget, records, truth, images, float(info.get("make_seconds", 0.0)),
+                                          fraction))
+    ranked_anywhere = {r.arch for r in results}
+    if groundtruth and "whole" not in names and ranked_anywhere <= set(truth):
+        # Ground truth trained every ranked architecture on the whole split: rank them by its validation accuracy.
+        budget = groundtruth[0].budget
+        summaries.append(summarize_method(GROUNDTRUTH_LABEL, budget, groundtruth, truth, groundtruth[0].train_images,
+                                          0.0, fraction))
+    return sorted(summaries, key=lambda s: method_order(s.method))
+
+
+def groundtruth_targets(results: list[TrialRecord], fraction: float = TOP_FRACTION) -> list[str]:
+    """The union, over every (proxy, budget) searched, of its top-``fraction`` architectures (in first-seen order)."""
+    groups: dict[tuple[str, str], list[TrialRecord]] = {}
+    for r in results:
+        groups.setdefault((r.proxy, r.budget), []).append(r)
+    targets: dict[str, None] = {}
+    for records in groups.values():
+        ranked = rank(mean_scores(records))
+        targets.update(dict.fromkeys(ranked[:top_k_count(len(ranked), fraction)]))
+    return list(targets)

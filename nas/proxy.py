@@ -1,0 +1,130 @@
+"""Proxies: what each architecture is trained on during the search (PROTOCOL.md section 7).
+
+``random50``, ``dsa50``, ``dm50`` (any method and size: ``dm10``, ``herding20``...) train on a small set made by
+dm_core's ``make_set`` from the training split only; ``early`` trains on the whole training split for as many SGD steps
+as proxy training takes (200 epochs x ceil(50 * classes / 250) batches = 400 steps on CIFAR-10; ``early10`` matches a
+10-images-per-class proxy instead); ``whole`` trains on the whole training split for 100 epochs.
+
+Small sets are cached as synthetic-set files keyed by dataset, split, method, size, seed and iterations, so searches in
+the same run directory (and ground-truth runs) reuse them; a cached or given file made for another dataset or split is
+refused with a DMError.
+"""
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dm_core import DMError, ImageDataset, SyntheticSet, make_set
+
+SET_METHODS = ("random", "herding", "dm", "dsa")
+REFERENCE_IPC = 50  # the paper's proxy size, which sets the step count of ``early``
+PROXY_EPOCHS = 200
+WHOLE_EPOCHS = 100
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """A parsed proxy name. ``kind`` is a set method, ``early`` or ``whole``; ``ipc`` is 0 for ``whole``."""
+
+    kind: str
+    ipc: int
+
+    @property
+    def name(self) -> str:
+        if self.kind == "whole":
+            return "whole"
+        if self.kind == "early":
+            return "early" if self.ipc == REFERENCE_IPC else f"early{self.ipc}"
+        return f"{self.kind}{self.ipc}"
+
+    @property
+    def is_set(self) -> bool:
+        return self.kind in SET_METHODS
+
+    def default_epochs(self) -> int:
+        return WHOLE_EPOCHS if self.kind == "whole" else PROXY_EPOCHS
+
+    def early_iterations(self, num_classes: int, epochs: int, batch_size: int) -> int:
+        """SGD steps of proxy training on an ipc-per-class set: epochs x batches per epoch."""
+        return epochs * math.ceil(self.ipc * num_classes / batch_size)
+
+
+def parse_proxy(text: str) -> Proxy:
+    key = text.strip().lower()
+    if key == "whole":
+        return Proxy("whole", 0)
+    if key == "early":
+        return Proxy("early", REFERENCE_IPC)
+    match = re.fullmatch(r"([a-z]+)(\d+)", key)
+    if match and match.group(1) in (*SET_METHODS, "early") and int(match.group(2)) > 0:
+        return Proxy(match.group(1), int(match.group(2)))
+    raise DMError(f"unknown proxy {text!r}: use whole, early[IPC], or a set method with its images per class "
+                  f"({', '.join(m + '50' for m in SET_METHODS)}, dm10, ...)")
+
+
+def proxy_file(cache_dir: Path, dataset: str, proxy: Proxy, split_seed: int, seed: int, options: dict) -> Path:
+    """The cache file of a proxy set; every option that changes the set is part of the name."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", dataset)
+    tags = "".join(f"-{k.replace('_', '')}{v}" for k, v in sorted(options.items()))
+    return cache_dir / f"{safe}-{proxy.name}-split{split_seed}-seed{seed}{tags}.pt"
+
+
+def check_proxy_set(synset: SyntheticSet, data: ImageDataset, split_seed: int, path: Path) -> None:
+    """Refuse a set made for another dataset, split or image shape (one line, before any training)."""
+    made_for = synset.meta.get("dataset")
+    if made_for is not None and made_for != data.name:
+        raise DMError(f"proxy file {path} was made for dataset {made_for!r}, not {data.name!r}: "
+                      f"delete it or use another --out / --proxy-file")
+    split = synset.meta.get("nas_split_seed")
+    if split is not None and int(split) != split_seed:
+        raise DMError(f"proxy file {path} was made from the training split of --split-seed {split}, not {split_seed}")
+    if tuple(synset.images.shape[1:]) != (data.channels, *data.image_size):
+        raise DMError(f"proxy file {path} holds {tuple(synset.images.shape[1:])} images, but {data.name} images are "
+                      f"{(data.channels, *data.image_size)}")
+    if len(synset) == 0 or int(synset.labels.max()) >= data.num_classes or int(synset.labels.min()) < 0:
+        raise DMError(f"proxy file {path} has labels outside the {data.num_classes} classes of {data.name}")
+
+
+@dataclass(frozen=True)
+class ProxySet:
+    synset: SyntheticSet
+    path: Path
+    seconds: float  # time to make the set (0 when it came from the cache)
+    cached: bool
+
+
+def load_or_make_proxy_set(proxy: Proxy, train: ImageDataset, cache_dir: Path, split_seed: int, seed: int,
+                           options: dict, device: torch.device | str, progress: bool = True,
+                           given_file: Path | None = None) -> ProxySet:
+    """The proxy set of a set-method proxy: the given file, else the cached file, else made now and cached.
+
+    ``options`` go to ``make_set`` (condensation ``iterations``, ``batch_real``); random selection takes none.
+    A dm/dsa condensation checkpoints beside the cache file, so an interrupted one resumes.
+    """
+    if not proxy.is_set:
+        raise ValueError(f"proxy {proxy.name} trains on the training split, it has no set")
+    if proxy.kind in ("random", "herding"):
+        options = {}
+    path = given_file or proxy_file(cache_dir, train.name, proxy, split_seed, seed, options)
+    if path.is_file():
+        synset = SyntheticSet.load(path)
+        check_proxy_set(synset, train, split_seed, path)
+        return ProxySet(synset, path, float(synset.meta.get("nas_make_seconds", 0.0)), True)
+    if given_file is not None:
+        raise DMError(f"no proxy file at {given_file}")
+    checkpoint = path.with_name(path.stem + ".ckpt") if proxy.kind in ("dm", "dsa") else None
+    start = time.perf_counter()
+    synset = make_set(proxy.kind, train, proxy.ipc, seed=seed, device=device, progress=progress,
+                      checkpoint=checkpoint, resume=checkpoint is not None, **options)
+    seconds = time.perf_counter() - start
+    meta = {**synset.meta, "dataset": train.name, "nas_split_seed": split_seed, "nas_make_seconds": seconds}
+    synset = SyntheticSet(synset.images.detach().cpu(), synset.labels.cpu(), meta)
+    synset.save(path)
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
+    return ProxySet(synset, path, seconds, False)

@@ -1,0 +1,276 @@
+"""``python -m nas.search``: rank the ConvNet space by validation accuracy after training on a proxy (DM section 3.6).
+
+Defaults are the paper's protocol: CIFAR-10, a seeded 10% validation split, the DM 50-images-per-class proxy made by
+dm_core from the training split (cached in the run directory), every architecture trained on it with DSA augmentation
+(batch 250, 200 epochs), 5 repeats, grid search over all 720 architectures, NNI's in-process sequential engine.
+
+The CLI is a thin shell: argparse -> ``SearchConfig`` (frozen, validated once by ``resolve``) -> ``run_search``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from dm_core import DMError, TrainConfig, resolve_device
+
+from .data import SearchData, load_search_data
+from .proxy import Proxy, load_or_make_proxy_set, parse_proxy
+from .results import TrialStore
+from .rundir import RunDir
+from .space import ConvNetModelSpace, SearchSpace, parse_space, spec_from_sample
+from .trial import ArchitectureEvaluator, TrainTask
+
+STRATEGIES = ("grid", "random", "evolution", "tpe")
+EXECUTIONS = ("sequential", "local")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    proxy: str = "dm50"
+    dataset: str = "cifar10"
+    space: str = "full"
+    strategy: str = "grid"
+    repeats: int = 5
+    epochs: int | None = None  # proxy training epochs; None: 200 (100 for ``whole``)
+    batch_size: int = 250
+    iterations: int | None = None  # condensation iterations of dm/dsa proxies; None: dm_core's default
+    batch_real: int | None = None  # real images per class per DM/DSA step; None: dm_core's default
+    max_trials: int | None = None  # None: the size of the space
+    seed: int = 0  # seeds the proxy set, the strategy, and (seed + repeat) each trial
+    split_seed: int = 0
+    val_fraction: float = 0.1
+    device: str = "auto"
+    out: str = "runs/nas"
+    data_root: str | None = None
+    proxy_file: str | None = None  # train on this synthetic-set file instead of making / caching one
+    execution: str = "sequential"
+    concurrency: int = 1  # trials at once, ``local`` execution only
+    port: int = 8080  # NNI manager port, ``local`` execution only
+    progress: bool = True
+
+    def resolve(self) -> "SearchPlan":
+        """Check every field once (no I/O); raise DMError with a one-line message on bad input."""
+        proxy = parse_proxy(self.proxy)
+        space = parse_space(self.space)
+        if self.strategy not in STRATEGIES:
+            raise DMError(f"unknown strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+        if self.execution not in EXECUTIONS:
+            raise DMError(f"unknown execution {self.execution!r}: choose one of {', '.join(EXECUTIONS)}")
+        for name in ("repeats", "batch_size", "concurrency"):
+            if getattr(self, name) < 1:
+                raise DMError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("epochs", "iterations", "batch_real", "max_trials"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise DMError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if not 0 < self.val_fraction < 1:
+            raise DMError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+        if self.proxy_file is not None and not proxy.is_set:
+            raise DMError(f"--proxy-file goes with a set proxy (dm50, random50, ...), not {proxy.name}")
+        if self.proxy_file is not None and not Path(self.proxy_file).is_file():
+            raise DMError(f"no proxy file at {self.proxy_file}")
+        max_trials = min(self.max_trials or len(space), len(space))
+        return SearchPlan(self, proxy, space, self.epochs or proxy.default_epochs(), max_trials,
+                          resolve_device(self.device), RunDir(Path(self.out)))
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    config: SearchConfig
+    proxy: Proxy
+    space: SearchSpace
+    epochs: int
+    max_trials: int
+    device: torch.device
+    run: RunDir
+
+
+@dataclass(frozen=True)
+class SearchSummary:
+    proxy: str
+    ranking: list[tuple[str, float]]  # (architecture, mean validation accuracy), best first
+    trials: int
+    results: Path
+
+    @property
+    def best(self) -> tuple[str, float]:
+        return self.ranking[0]
+
+
+def prepare_task(plan: SearchPlan, data: SearchData, progress: bool) -> tuple[TrainTask, dict]:
+    """The proxy's training data and budget, and what the proxy costs (images, seconds to make it)."""
+    proxy, cfg = plan.proxy, plan.config
+    train = data.train
+    if proxy.is_set:
+        options = {k: v for k, v in (("iterations", cfg.iterations), ("batch_real", cfg.batch_real)) if v is not None}
+        made = load_or_make_proxy_set(proxy, train, plan.run.proxies, data.split_seed, cfg.seed, options,
+                                      plan.device, progress, Path(cfg.proxy_file) if cfg.proxy_file else None)
+        x, y = made.synset.images, made.synset.labels
+        config = TrainConfig(epochs=plan.epochs, batch_size=cfg.batch_size)
+        cost = {"images": len(y), "make_seconds": made.seconds, "file": str(made.path)}
+    else:
+        x, y = train.x_train, train.y_train
+        iterations = (proxy.early_iterations(train.num_classes, plan.epochs, cfg.batch_size)
+                      if proxy.kind == "early" else None)
+        config = TrainConfig(epochs=plan.epochs, batch_size=cfg.batch_size, iterations=iterations)
+        cost = {"images": len(y), "make_seconds": 0.0, "file": None}
+    task = TrainTask(proxy.name, x, y, config, data.x_val, data.y_val, train.num_classes)
+    return task, {**cost, "budget": task.budget, "steps": task.steps}
+
+
+def _strategy(name: str, space_size: int, seed: int):
+    from nni.nas import strategy
+
+    if name == "grid":
+        return strategy.GridSearch(shuffle=False)
+    if name == "random":
+        return strategy.Random(seed=seed)
+    if name == "evolution":
+        population = max(2, min(100, space_size // 4))
+        return strategy.RegularizedEvolution(population_size=population, sample_size=max(1, population // 4),
+                                             seed=seed)
+    return strategy.TPE(optimize_mode="maximize", seed=seed)
+
+
+def run_search(config: SearchConfig) -> SearchSummary:
+    """Make or load the proxy, let an NNI strategy explore the space, record every repeat; return the ranking."""
+    plan = config.resolve()
+    data = load_search_data(config.dataset, config.data_root, config.val_fraction, config.split_seed)
+    plan.space.check_input(data.train.channels, data.train.num_classes, data.train.image_size)
+    plan.run.claim(data.train.name, config.split_seed, config.val_fraction)
+    task, cost = prepare_task(plan, data, config.progress)
+    plan.run.record_proxy(task.label, cost)
+    store = TrialStore(plan.run.results)
+
+    from nni.nas.evaluator import FunctionalEvaluator
+
+    train = data.train
+    model_space = ConvNetModelSpace(plan.space, train.channels, train.num_classes, train.image_size)
+    strategy = _strategy(config.strategy, len(plan.space), config.seed)
+    if config.execution == "sequential":
+        from nni.nas.execution import SequentialExecutionEngine
+        from nni.nas.space import SimplifiedModelSpace
+
+        bar = tqdm(total=plan.max_trials * config.repeats, desc=f"nas {task.label}", unit="trial",
+                   disable=not config.progress, dynamic_ncols=True)
+        evaluator = ArchitectureEvaluator(task, store, config.repeats, config.seed, plan.device,
+                                          on_repeat=lambda record, reused: bar.update(1))
+        engine = SequentialExecutionEngine(max_model_count=plan.max_trials)
+        strategy.initialize(SimplifiedModelSpace.from_model(model_space, FunctionalEvaluator(evaluator)), engine)
+        try:
+            strategy.run()
+        finally:
+            engine.shutdown()
+            bar.close()
+        searched = [spec_from_sample(m.sample).name for m in engine.list_models()]
+    else:
+        _run_local(plan, model_space, strategy)
+        searched = [spec.name for spec in plan.space.specs()]  # trials ran elsewhere: read what they recorded
+    return summarize(store, task.label, task.budget, searched)
+
+
+def summarize(store: TrialStore, proxy: str, budget: str, archs: list[str]) -> SearchSummary:
+    wanted = set(archs)
+    by_arch: dict[str, list[float]] = {}
+    for r in store.records():
+        if (r.proxy, r.budget) == (proxy, budget) and r.arch in wanted:
+            by_arch.setdefault(r.arch, []).append(r.val_acc)
+    ranking = sorted(((a, statistics.fmean(v)) for a, v in by_arch.items()), key=lambda t: (-t[1], t[0]))
+    return SearchSummary(proxy, ranking, len(by_arch), store.path)
+
+
+# --- scale-out: NNI's training service ("local" runs trials as subprocesses under the NNI manager) -----------------
+
+def evaluate_in_trial_process(model, settings: dict) -> None:
+    """Evaluator function of ``local`` execution: runs in a trial subprocess, rebuilds the task from plain settings.
+
+    The proxy set was made (and cached) by the launching process, so the trial only loads it.
+    """
+    config = SearchConfig(**{**settings, "progress": False})
+    plan = config.resolve()
+    data = load_search_data(config.dataset, config.data_root, config.val_fraction, config.split_seed)
+    task, _ = prepare_task(plan, data, progress=False)
+    ArchitectureEvaluator(task, TrialStore(plan.run.results), config.repeats, config.seed, plan.device)(model)
+
+
+def _run_local(plan: SearchPlan, model_space: ConvNetModelSpace, strategy) -> None:
+    from nni.nas.evaluator import FunctionalEvaluator
+    from nni.nas.experiment import NasExperiment, NasExperimentConfig
+
+    settings = {**asdict(plan.config), "out": str(plan.run.path.resolve())}
+    evaluator = FunctionalEvaluator(evaluate_in_trial_process, settings=settings)
+    exp_config = NasExperimentConfig("ts", "simplified", "local")
+    exp_config.experiment_name = f"nas-{plan.proxy.name}"
+    exp_config.trial_concurrency = plan.config.concurrency
+    exp_config.max_trial_number = plan.max_trials
+    exp_config.experiment_working_directory = str((plan.run.path / "nni").resolve())
+    exp_config.trial_gpu_number = 1 if plan.device.type == "cuda" else 0
+    if plan.device.type == "cuda":
+        exp_config.training_service.use_active_gpu = True
+    experiment = NasExperiment(model_space, evaluator, strategy, exp_config)
+    try:
+        experiment.run(port=plan.config.port)
+    finally:
+        experiment.stop()
+
+
+# --- CLI -------------------------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m nas.search", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = SearchConfig()
+    p.add_argument("--proxy", default=d.proxy,
+                   help="random50, dsa50, dm50 (any method+ipc, e.g. dm10, herding50), early[IPC], whole")
+    p.add_argument("--dataset", default=d.dataset, help="any dm_core dataset (cifar10, mnist, digits, ...)")
+    p.add_argument("--space", default=d.space,
+                   help="full, small, tiny, micro, or 'depth=1,2;width=32;act=relu;norm=none;pool=avgpool'")
+    p.add_argument("--strategy", default=d.strategy, choices=STRATEGIES)
+    p.add_argument("--repeats", type=int, default=d.repeats, help="trainings per architecture (mean is ranked)")
+    p.add_argument("--epochs", type=int, default=None, help="proxy training epochs (default 200; whole: 100)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--iterations", type=int, default=None, help="condensation iterations of a dm/dsa proxy")
+    p.add_argument("--batch-real", type=int, default=None, help="real images per class per condensation step")
+    p.add_argument("--max-trials", type=int, default=None, help="architectures to try (default: the whole space)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the validation split")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction)
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--out", default=d.out, help="run directory (shared by the searches of one dataset)")
+    p.add_argument("--data-root", default=None, help="dataset folder (default $DM_DATA_ROOT, else ./data)")
+    p.add_argument("--proxy-file", default=None, help="train on this synthetic-set file instead of a cached one")
+    p.add_argument("--execution", default=d.execution, choices=EXECUTIONS,
+                   help="sequential: in-process, no server; local: NNI training service (manager on all interfaces)")
+    p.add_argument("--concurrency", type=int, default=d.concurrency, help="parallel trials (local execution)")
+    p.add_argument("--port", type=int, default=d.port, help="NNI manager port (local execution)")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = SearchConfig(**vars(args))
+        logging.getLogger("nni").setLevel(logging.WARNING)
+        summary = run_search(config)
+    except DMError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not summary.ranking:
+        print(f"{summary.proxy}: no architecture finished; rows in {summary.results}")
+        return 0
+    arch, acc = summary.best
+    print(f"{summary.proxy}: {summary.trials} architectures ranked; best {arch} "
+          f"(validation {100 * acc:.2f}%); rows in {summary.results}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
