@@ -38,6 +38,19 @@ def make_norm(norm: str, channels: int, height: int, width: int) -> nn.Module:
     raise DMError(f"unknown norm {norm!r}: choose one of {', '.join(NORMS)}")
 
 
+class FeatureClassifier(nn.Module):
+    """A network as ``features`` (set by subclasses) then a linear ``classifier``; ``embed`` is the classifier input."""
+
+    features: nn.Module
+    classifier: nn.Linear
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
 @dataclass(frozen=True)
 class ConvNetSpec:
     """One point of the ConvNet space: depth blocks of conv3x3 -> norm -> act -> pool, then a linear classifier."""
@@ -90,7 +103,7 @@ class ConvNetSpec:
         return cls(**fields)
 
 
-class ConvNet(nn.Module):
+class ConvNet(FeatureClassifier):
     def __init__(self, spec: ConvNetSpec, channels: int, num_classes: int, image_size: tuple[int, int]):
         super().__init__()
         self.spec = spec
@@ -116,18 +129,13 @@ class ConvNet(nn.Module):
         self.feature_dim = in_channels * height * width
         self.classifier = nn.Linear(self.feature_dim, num_classes)
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x).flatten(1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.embed(x))
 
 
 def _conv_norm_act(cin: int, cout: int, kernel: int, pad: int, norm: str, size: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, kernel, padding=pad), make_norm(norm, cout, size, size), nn.ReLU(inplace=True)]
 
 
-class AlexNet(nn.Module):
+class AlexNet(FeatureClassifier):
     """The small-image AlexNet of the DC papers: five convs, three max-pools, one linear layer."""
 
     def __init__(self, channels: int, num_classes: int, image_size: tuple[int, int], norm: str = "none"):
@@ -144,14 +152,8 @@ class AlexNet(nn.Module):
         self.feature_dim = 192 * (size // 8) ** 2
         self.classifier = nn.Linear(self.feature_dim, num_classes)
 
-    def embed(self, x):
-        return self.features(x).flatten(1)
 
-    def forward(self, x):
-        return self.classifier(self.embed(x))
-
-
-class VGG11(nn.Module):
+class VGG11(FeatureClassifier):
     """VGG-11 for 32x32 inputs (instance norm, or batch norm for the BN variant)."""
 
     plan = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
@@ -171,12 +173,6 @@ class VGG11(nn.Module):
         self.features = nn.Sequential(*layers)
         self.feature_dim = 512 * size * size
         self.classifier = nn.Linear(self.feature_dim, num_classes)
-
-    def embed(self, x):
-        return self.features(x).flatten(1)
-
-    def forward(self, x):
-        return self.classifier(self.embed(x))
 
 
 class BasicBlock(nn.Module):
@@ -200,7 +196,7 @@ class BasicBlock(nn.Module):
         return torch.relu(self.body(x) + self.shortcut(x))
 
 
-class ResNet18(nn.Module):
+class ResNet18(FeatureClassifier):
     def __init__(self, channels: int, num_classes: int, image_size: tuple[int, int], norm: str = "instancenorm",
                  avg_pool_down: bool = False):
         super().__init__()
@@ -215,12 +211,6 @@ class ResNet18(nn.Module):
         self.features = nn.Sequential(*layers)
         self.feature_dim = 512
         self.classifier = nn.Linear(512, num_classes)
-
-    def embed(self, x):
-        return self.features(x).flatten(1)
-
-    def forward(self, x):
-        return self.classifier(self.embed(x))
 
 
 _OTHER_MODELS: dict[str, Callable[..., nn.Module]] = {
