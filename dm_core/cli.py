@@ -30,6 +30,7 @@ class CondenseRequest:
     batch_real: int | None
     model: str | None
     herding_epochs: int | None
+    class_chunk: int | None
     seed: int
     device: str
     out: Path
@@ -56,19 +57,23 @@ class EvaluateRequest:
 def condense(req: CondenseRequest) -> dict:
     if req.method not in METHODS:
         raise DMError(f"unknown method {req.method!r}: choose one of {', '.join(METHODS)}")
-    device = resolve_device(req.device)
-    data = load_dataset(req.dataset, req.data_root)
     options = {"model": req.model}
     if req.method in ("dm", "dsa"):
         options.update(iterations=req.iterations, lr_img=req.lr_img, batch_real=req.batch_real)
     elif req.iterations is not None or req.lr_img is not None or req.batch_real is not None:
         raise DMError(f"--iterations, --lr-img and --batch-real apply to dm and dsa, not {req.method}")
+    if req.class_chunk is not None:
+        if req.method != "dm":
+            raise DMError(f"--class-chunk applies to dm, not {req.method}")
+        options["class_chunk"] = req.class_chunk
     if req.herding_epochs is not None:
         if req.method != "herding":
             raise DMError(f"--herding-epochs applies to herding, not {req.method}")
         options["epochs"] = req.herding_epochs
     if req.method == "random":
         options = {}
+    device = resolve_device(req.device)
+    data = load_dataset(req.dataset, req.data_root)
     checkpoint = req.checkpoint or (req.out.with_suffix(".ckpt") if req.method in ("dm", "dsa") else None)
     synset = make_set(req.method, data, req.ipc, seed=req.seed, device=device, progress=req.progress,
                       checkpoint=checkpoint, resume=req.resume, **options)
@@ -118,6 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--lr-img", type=float, help="image learning rate (DM: 1, or 10 from 100 ipc; DSA: 0.1)")
     c.add_argument("--batch-real", type=_positive, help="real images per class per iteration (256)")
     c.add_argument("--model", help="network name, e.g. convnet, convnetbn, convnet-d4 (default convnet)")
+    c.add_argument("--class-chunk", type=_positive,
+                   help="dm: classes per forward pass (default: all; halved automatically when memory runs out)")
     c.add_argument("--herding-epochs", type=_positive, help="herding: epochs of the feature network (default 30)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
@@ -149,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             out = args.out or Path(f"{args.dataset.replace(':', '_').replace('/', '_')}_{args.method}_ipc{args.ipc}.pt")
             figures = condense(CondenseRequest(
                 args.dataset, args.method, args.ipc, args.iterations, args.lr_img, args.batch_real, args.model,
-                args.herding_epochs, args.seed, args.device, out, args.data_root, args.checkpoint, args.resume, args.png, not args.quiet))
+                args.herding_epochs, args.class_chunk, args.seed, args.device, out, args.data_root, args.checkpoint, args.resume, args.png, not args.quiet))
         else:
             figures = evaluate(EvaluateRequest(args.file, args.dataset, args.model, args.epochs, args.models,
                                                args.seed, args.device, args.data_root, not args.quiet))

@@ -5,11 +5,13 @@ One iteration, for all classes at once:
   draw one augmentation per class and a real batch per class (device-side, no host work)
   embed every real image in ONE forward pass (no grad) and every synthetic image in ONE forward pass
   loss = sum_c || mean real embedding_c - mean synthetic embedding_c ||^2, one SGD step on the synthetic images.
-The only Python loop is over class chunks, and only when ``class_chunk`` asks to bound memory.
+The only Python loop is over class chunks, used when ``class_chunk`` asks to bound memory or when a pass runs out
+of memory (the chunk is then halved and the iteration redone).
 """
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -34,7 +36,7 @@ class DMConfig:
     init: str = "real"
     seed: int = 0
     augment: str = augment.DEFAULT_STRATEGY  # "none" turns augmentation off
-    class_chunk: int | None = None  # classes per forward pass; None = all at once
+    class_chunk: int | None = None  # classes per forward pass; None = all at once, halved on out-of-memory
     amp: bool = True  # bf16 autocast and channels_last on CUDA
     checkpoint_every: int = 500
     log_every: int = 50
@@ -79,21 +81,19 @@ def condense_dm(data: ImageDataset, config: DMConfig = DMConfig(), classes: Sequ
     net = build_model(config.model, data.channels, data.num_classes, data.image_size).to(device)
     net = net.to(memory_format=channels_last(device, config.amp)).train().requires_grad_(False)
     fmt = channels_last(device, config.amp)
-
-    chunk = config.class_chunk or k_all
-    chunks = [slice(s, min(s + chunk, k_all)) for s in range(0, k_all, chunk)]
-    widths = [int(run.store.counts[run.classes[c]].max()) for c in chunks]
     use_aug = config.augment != "none"
-    # sample i of a batch grouped by class uses the augmentation draw of its class
-    groups_real = [torch.arange(c.stop - c.start, device=device).repeat_interleave(n_real) for c in chunks]
-    groups_syn = [torch.arange(c.stop - c.start, device=device).repeat_interleave(config.ipc) for c in chunks]
 
-    bar = run.progress_bar(progress)
-    for it in bar:
-        reinit_(net, run.generator)
-        run.optimizer.zero_grad(set_to_none=True)
+    def plan(chunk: int) -> list[tuple]:
+        """Per chunk of classes: its slice, the largest class it holds, and the class index of each real and each
+        synthetic sample (sample i of a batch grouped by class uses the augmentation draw of its class)."""
+        chunks = [slice(s, min(s + chunk, k_all)) for s in range(0, k_all, chunk)]
+        return [(c, int(run.store.counts[run.classes[c]].max()),
+                 torch.arange(c.stop - c.start, device=device).repeat_interleave(n_real),
+                 torch.arange(c.stop - c.start, device=device).repeat_interleave(config.ipc)) for c in chunks]
+
+    def iteration(chunks: list[tuple]) -> torch.Tensor:
         total = None
-        for c, width, g_real, g_syn in zip(chunks, widths, groups_real, groups_syn):
+        for c, width, g_real, g_syn in chunks:
             k = c.stop - c.start
             real = run.store.images[run.store.sample_indices(run.class_index[c], n_real, width, run.generator)]
             syn = run.images[c.start * config.ipc:c.stop * config.ipc]
@@ -104,8 +104,30 @@ def condense_dm(data: ImageDataset, config: DMConfig = DMConfig(), classes: Sequ
                 syn_aug = lambda x, p=params, g=g_syn: augment.apply(x, p, g)  # noqa: E731
             with autocast(device, config.amp):
                 loss = dm_loss(net, real.contiguous(memory_format=fmt), syn, k, real_aug, syn_aug)
-            loss.backward()
+            loss.backward()  # chunks accumulate their (independent) gradients; one optimiser step follows
             total = loss.detach() if total is None else total + loss.detach()
+        return total
+
+    chunk = config.class_chunk or k_all
+    chunks = plan(chunk)
+    bar = run.progress_bar(progress)
+    for it in bar:
+        reinit_(net, run.generator)
+        while True:
+            run.optimizer.zero_grad(set_to_none=True)
+            try:
+                total = iteration(chunks)
+                break
+            except torch.cuda.OutOfMemoryError:
+                # Memory is short: condense fewer classes per forward pass and redo this iteration.
+                if chunk == 1:
+                    raise DMError(f"out of memory on {device} even with one class per pass: lower --batch-real "
+                                  f"(now {n_real})") from None
+                chunk = max(1, chunk // 2)
+                chunks = plan(chunk)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                bar.write(f"out of memory: now {chunk} classes per forward pass", file=sys.stderr)
         run.optimizer.step()
         run.end_iteration(it + 1, total, bar)
     bar.close()

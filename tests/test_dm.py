@@ -95,3 +95,22 @@ def test_non_finite_loss_is_an_error(digits):
 def test_ipc_above_class_size_is_refused(digits):
     with pytest.raises(DMError, match="ipc 500 is more than"):
         condense_dm(digits, DMConfig(ipc=500, iterations=1), device="cpu", progress=False)
+
+
+def test_out_of_memory_halves_the_class_chunk(digits, monkeypatch):
+    """A pass that runs out of memory is redone with half the classes per forward pass."""
+    import dm_core.dm as dm_module
+
+    real_loss = dm_module.dm_loss
+    seen = []
+
+    def short_of_memory(net, real, synthetic, num_classes, *args):
+        seen.append(num_classes)
+        if num_classes > 3:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return real_loss(net, real, synthetic, num_classes, *args)
+
+    monkeypatch.setattr(dm_module, "dm_loss", short_of_memory)
+    result = condense_dm(digits, DMConfig(ipc=1, iterations=3, **SMALL), device="cpu", progress=False)
+    assert seen[:3] == [10, 5, 2] and set(seen[2:]) == {2}  # all 10 classes, then 5, then 2 per pass from then on
+    assert torch.isfinite(result.images).all() and result.labels.tolist() == list(range(10))
