@@ -4,7 +4,8 @@
 
 What is timed, all on one device in one process:
 - engine: ``dm_core.condense_dm`` (in-place re-init, device-side sampling, all classes' real images in one forward
-  pass and all synthetic images in another, bf16 + channels_last on CUDA). Per-iteration time is the slope between a
+  pass and all synthetic images in another on CUDA, about 128 real images per pass on the CPU, bf16 + channels_last
+  on CUDA). Per-iteration time is the slope between a
   short and a long run, so set-up (data to the device, initial images) is not counted.
 - loop: the same maths written the plain way of research code: a newly constructed network each iteration, and for
   each class a host-side ``randperm`` of that class's indices, its own augmentation call, its own two forward passes.
@@ -64,15 +65,20 @@ def plain_loop_dm(data, ipc: int, iterations: int, batch_real: int, model: str, 
     return syn
 
 
-def per_iteration(run, short: int, long: int, device: torch.device, repeats: int) -> float:
-    """Seconds per iteration: median over repeats of (t(long) - t(short)) / (long - short)."""
-    run(1)  # warm-up: allocator, kernels, autotuning
-    slopes = []
+def per_iteration(runs: dict, short: int, long: int, device: torch.device, repeats: int) -> dict:
+    """Seconds per iteration of each run: median over repeats of (t(long) - t(short)) / (long - short).
+
+    The runs are interleaved within each repeat, so a change in machine load affects them alike.
+    """
+    for run in runs.values():
+        run(1)  # warm-up: allocator, kernels, autotuning
+    slopes = {name: [] for name in runs}
     for _ in range(repeats):
-        t_short = timed(lambda: run(short), device)
-        t_long = timed(lambda: run(long), device)
-        slopes.append((t_long - t_short) / (long - short))
-    return statistics.median(slopes)
+        for name, run in runs.items():
+            t_short = timed(lambda: run(short), device)
+            t_long = timed(lambda: run(long), device)
+            slopes[name].append((t_long - t_short) / (long - short))
+    return {name: statistics.median(values) for name, values in slopes.items()}
 
 
 def main(argv=None) -> int:
@@ -100,8 +106,8 @@ def main(argv=None) -> int:
         plain_loop_dm(data, args.ipc, n, args.batch_real, args.model, device)
 
     short = 2
-    t_engine = per_iteration(engine, short, short + args.iterations, device, args.repeats)
-    t_loop = per_iteration(loop, short, short + args.iterations, device, args.repeats)
+    times = per_iteration({"engine": engine, "loop": loop}, short, short + args.iterations, device, args.repeats)
+    t_engine, t_loop = times["engine"], times["loop"]
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     rows = [("DM engine (batched)", t_engine), ("DM plain per-class loop", t_loop)]
     result = {"device": where, "dataset": data.name, "ipc": args.ipc, "model": args.model,
@@ -114,7 +120,7 @@ def main(argv=None) -> int:
         def dsa(n):
             condense_dsa(data, DSAConfig(**{**dsa_config.__dict__, "iterations": n}), device=device, progress=False)
 
-        t_dsa = per_iteration(dsa, 1, 1 + args.dsa_iterations, device, 1)
+        t_dsa = per_iteration({"dsa": dsa}, 1, 1 + args.dsa_iterations, device, 1)["dsa"]
         rows.append((f"DSA outer iteration (outer, inner) = {dsa_config.loops}", t_dsa))
         result.update(dsa_outer_ms=1000 * t_dsa, dsa_loops=list(dsa_config.loops),
                       dm_default_budget_h=20_000 * t_engine / 3600, dsa_default_budget_h=1_000 * t_dsa / 3600,

@@ -36,7 +36,7 @@ class DMConfig:
     init: str = "real"
     seed: int = 0
     augment: str = augment.DEFAULT_STRATEGY  # "none" turns augmentation off
-    class_chunk: int | None = None  # classes per forward pass; None = all at once, halved on out-of-memory
+    class_chunk: int | None = None  # classes per forward pass; None = auto (see auto_class_chunk)
     amp: bool = True  # bf16 autocast and channels_last on CUDA
     checkpoint_every: int = 500
     log_every: int = 50
@@ -51,6 +51,21 @@ class DMConfig:
     @property
     def image_lr(self) -> float:
         return self.lr_img if self.lr_img is not None else (1.0 if self.ipc < 100 else 10.0)
+
+
+CPU_IMAGES_PER_PASS = 128
+
+
+def auto_class_chunk(device: torch.device, num_classes: int, real_per_class: int) -> int:
+    """Classes per forward pass when the configuration does not say.
+
+    CUDA: all classes in one pass (fewest launches; halved automatically if memory runs out). CPU: about 128 real
+    images per pass, since larger batches' activations overflow the caches: MNIST, ConvNet width 32, 64 real images
+    per class, 10 ipc measured 183 ms/iteration with all 10 classes per pass, 160 with 4, 110 with 2, 122 with 1.
+    """
+    if device.type == "cuda":
+        return num_classes
+    return max(1, min(num_classes, CPU_IMAGES_PER_PASS // real_per_class))
 
 
 def class_means(embedding: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -108,7 +123,7 @@ def condense_dm(data: ImageDataset, config: DMConfig = DMConfig(), classes: Sequ
             total = loss.detach() if total is None else total + loss.detach()
         return total
 
-    chunk = config.class_chunk or k_all
+    chunk = config.class_chunk or auto_class_chunk(device, k_all, n_real)
     chunks = plan(chunk)
     bar = run.progress_bar(progress)
     for it in bar:

@@ -111,6 +111,15 @@ def test_out_of_memory_halves_the_class_chunk(digits, monkeypatch):
         return real_loss(net, real, synthetic, num_classes, *args)
 
     monkeypatch.setattr(dm_module, "dm_loss", short_of_memory)
-    result = condense_dm(digits, DMConfig(ipc=1, iterations=3, **SMALL), device="cpu", progress=False)
+    result = condense_dm(digits, DMConfig(ipc=1, iterations=3, class_chunk=10, **SMALL), device="cpu", progress=False)
     assert seen[:3] == [10, 5, 2] and set(seen[2:]) == {2}  # all 10 classes, then 5, then 2 per pass from then on
     assert torch.isfinite(result.images).all() and result.labels.tolist() == list(range(10))
+
+
+def test_auto_chunk_bounds_cpu_passes():
+    from dm_core.dm import auto_class_chunk
+
+    assert auto_class_chunk(torch.device("cpu"), 100, 256) == 1
+    assert auto_class_chunk(torch.device("cpu"), 10, 64) == 2
+    assert auto_class_chunk(torch.device("cpu"), 3, 8) == 3
+    assert auto_class_chunk(torch.device("cuda"), 100, 256) == 100
