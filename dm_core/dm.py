@@ -98,25 +98,28 @@ def condense_dm(data: ImageDataset, config: DMConfig = DMConfig(), classes: Sequ
     fmt = channels_last(device, config.amp)
     use_aug = config.augment != "none"
 
+    width = int(run.store.counts[run.classes].max())
+
     def plan(chunk: int) -> list[tuple]:
-        """Per chunk of classes: its slice, the largest class it holds, and the class index of each real and each
-        synthetic sample (sample i of a batch grouped by class uses the augmentation draw of its class)."""
+        """Per chunk of classes: its slice, and the chunk-local class of each real and each synthetic sample
+        (sample i of a batch grouped by class uses the augmentation draw of its class)."""
         chunks = [slice(s, min(s + chunk, k_all)) for s in range(0, k_all, chunk)]
-        return [(c, int(run.store.counts[run.classes[c]].max()),
-                 torch.arange(c.stop - c.start, device=device).repeat_interleave(n_real),
+        return [(c, torch.arange(c.stop - c.start, device=device).repeat_interleave(n_real),
                  torch.arange(c.stop - c.start, device=device).repeat_interleave(config.ipc)) for c in chunks]
 
-    def iteration(chunks: list[tuple]) -> torch.Tensor:
+    def iteration(chunks: list[tuple], real_index: torch.Tensor, params) -> torch.Tensor:
+        """Forward and backward over the chunks; the random draws were made for all classes beforehand, so how the
+        classes are chunked changes memory use, not the maths."""
         total = None
-        for c, width, g_real, g_syn in chunks:
+        for c, g_real, g_syn in chunks:
             k = c.stop - c.start
-            real = run.store.images[run.store.sample_indices(run.class_index[c], n_real, width, run.generator)]
+            real = run.store.images[real_index[c.start * n_real:c.stop * n_real]]
             syn = run.images[c.start * config.ipc:c.stop * config.ipc]
             real_aug = syn_aug = None
-            if use_aug:
-                params = augment.sample_params(k, run.generator, device, config.augment)
-                real_aug = lambda x, p=params, g=g_real: augment.apply(x, p, g)  # noqa: E731
-                syn_aug = lambda x, p=params, g=g_syn: augment.apply(x, p, g)  # noqa: E731
+            if params is not None:
+                p = augment.AugmentParams(params.op[c], params.u[c])
+                real_aug = lambda x, p=p, g=g_real: augment.apply(x, p, g)  # noqa: E731
+                syn_aug = lambda x, p=p, g=g_syn: augment.apply(x, p, g)  # noqa: E731
             with autocast(device, config.amp):
                 loss = dm_loss(net, real.contiguous(memory_format=fmt), syn, k, real_aug, syn_aug)
             loss.backward()  # chunks accumulate their (independent) gradients; one optimiser step follows
@@ -128,10 +131,12 @@ def condense_dm(data: ImageDataset, config: DMConfig = DMConfig(), classes: Sequ
     bar = run.progress_bar(progress)
     for it in bar:
         reinit_(net, run.generator)
+        real_index = run.store.sample_indices(run.class_index, n_real, width, run.generator)
+        params = augment.sample_params(k_all, run.generator, device, config.augment) if use_aug else None
         while True:
             run.optimizer.zero_grad(set_to_none=True)
             try:
-                total = iteration(chunks)
+                total = iteration(chunks, real_index, params)
                 break
             except torch.cuda.OutOfMemoryError:
                 # Memory is short: condense fewer classes per forward pass and redo this iteration.

@@ -43,13 +43,14 @@ def test_deterministic_subset_and_labels(digits):
     assert a.meta["method"] == "dm" and a.meta["classes"] == [7, 2] and a.meta["iterations"] == 6
 
 
-def test_chunked_run_learns_too(digits):
-    """class_chunk bounds memory by condensing a few classes per forward pass; the run must still learn."""
-    config = DMConfig(ipc=1, iterations=40, init="noise", class_chunk=3, seed=2, **SMALL)
-    result = condense_dm(digits, config, device="cpu", progress=False)
-    losses = [loss for _, loss in result.meta["loss_history"]]
-    assert result.labels.tolist() == list(range(10))
-    assert losses[-1] < 0.5 * losses[0]
+def test_chunking_changes_memory_not_results(digits):
+    """The draws are made for all classes before the chunks run, so any chunking gives the same images."""
+    base = DMConfig(ipc=2, iterations=5, seed=1, **SMALL)
+    whole = condense_dm(digits, DMConfig(**{**base.__dict__, "class_chunk": 10}), device="cpu", progress=False)
+    for chunk in (1, 3):
+        chunked = condense_dm(digits, DMConfig(**{**base.__dict__, "class_chunk": chunk}), device="cpu",
+                              progress=False)
+        torch.testing.assert_close(chunked.images, whole.images, rtol=1e-4, atol=1e-4)
 
 
 def test_resume_reproduces_the_uninterrupted_run(digits, tmp_path, monkeypatch):
