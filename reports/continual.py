@@ -21,6 +21,8 @@ import numpy as np
 
 from dm_core import DMError, atomic_write_bytes, atomic_write_text
 
+from . import report_cli
+
 METHOD_ORDER = ("dm", "dsa", "herding", "random")
 LABELS = {"dm": "DM", "dsa": "DSA", "herding": "Herding", "random": "Random"}
 COLORS = {"dm": "tab:red", "dsa": "tab:blue", "herding": "tab:green", "random": "tab:gray"}
@@ -162,14 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--paper-reference", choices=("auto", "always", "never"), default="auto",
                    help="mark the paper's final accuracies (auto: only for CIFAR-100, the paper's setting)")
     args = p.parse_args(argv)
-    try:
-        written = make_report(args.results, args.out, args.paper_reference)
-    except DMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for path in written:
-        print(path)
-    return 0
+    return report_cli(lambda: make_report(args.results, args.out, args.paper_reference))
 
 
 if __name__ == "__main__":

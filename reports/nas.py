@@ -17,6 +17,8 @@ from collections import Counter
 from pathlib import Path
 
 from dm_core import DMError, atomic_write_bytes, atomic_write_text
+
+from . import report_cli
 from nas.analysis import GROUNDTRUTH_LABEL, TOP_FRACTION, MethodSummary, mean_scores, summarize_run
 from nas.results import read_records
 from nas.rundir import RunDir
@@ -125,16 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def make():
         if not 0 < args.top_fraction <= 1:
             raise DMError(f"--top-fraction must be in (0, 1], got {args.top_fraction}")
-        written = render(Path(args.run), Path(args.out) if args.out else Path(args.run) / "report", args.top_fraction)
-    except DMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    for path in written:
-        print(path)
-    return 0
+        return render(Path(args.run), Path(args.out) if args.out else Path(args.run) / "report", args.top_fraction)
+
+    return report_cli(make)
 
 
 if __name__ == "__main__":
