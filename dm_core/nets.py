@@ -226,10 +226,13 @@ _OTHER_MODELS: dict[str, Callable[..., nn.Module]] = {
 MODEL_NAMES = ("convnet", "convnetbn", "convnet-d<depth>-w<width>-<act>-<norm>-<pool>", *_OTHER_MODELS)
 
 
-def build_model(model: str | ConvNetSpec, channels: int, num_classes: int,
+def build_model(model: str | ConvNetSpec | tuple, channels: int, num_classes: int,
                 image_size: tuple[int, int]) -> nn.Module:
-    """The one factory: a ConvNetSpec, a ConvNet name, or one of the cross-architecture names."""
+    """The one factory: a ConvNetSpec, a (depth, width, act, norm, pool) tuple, a ConvNet name, or one of the
+    cross-architecture names."""
     image_size = tuple(image_size)
+    if isinstance(model, tuple):
+        model = ConvNetSpec(*model)
     if isinstance(model, ConvNetSpec):
         return ConvNet(model, channels, num_classes, image_size)
     key = str(model).lower()

@@ -28,6 +28,7 @@ def test_spec_names_round_trip():
     assert ConvNetSpec.parse(spec.name) == spec
     assert ConvNetSpec.parse("convnetbn") == ConvNetSpec(norm="batchnorm")
     assert build_model(spec, 3, 10, (32, 32)).spec == spec
+    assert build_model((2, 64, "sigmoid", "batchnorm", "maxpool"), 3, 10, (32, 32)).spec == spec
 
 
 @pytest.mark.parametrize("bad", ["resnet50", "convnet-x3", "convnet-d9"])
