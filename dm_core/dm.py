@@ -93,12 +93,11 @@ def condense_dm(data: ImageDataset, config: DMConfig = DMConfig(), classes: Sequ
     run = Condensation("dm", data, config, classes, device, config.image_lr, checkpoint, resume)
     k_all = len(run.classes)
     n_real = min(config.batch_real, int(run.store.counts[run.classes].min()))
-    net = build_model(config.model, data.channels, data.num_classes, data.image_size).to(device)
-    net = net.to(memory_format=channels_last(device, config.amp)).train().requires_grad_(False)
-    fmt = channels_last(device, config.amp)
-    use_aug = config.augment != "none"
-
     width = int(run.store.counts[run.classes].max())
+    fmt = channels_last(device, config.amp)
+    net = build_model(config.model, data.channels, data.num_classes, data.image_size)
+    net = net.to(device, memory_format=fmt).train().requires_grad_(False)  # frozen: only the images learn
+    use_aug = config.augment != "none"
 
     def plan(chunk: int) -> list[tuple]:
         """Per chunk of classes: its slice, and the chunk-local class of each real and each synthetic sample
