@@ -9,6 +9,7 @@ The CLI is a thin shell: argparse -> ``SearchConfig`` (frozen, validated once by
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import statistics
 import sys
@@ -28,7 +29,10 @@ from .space import ConvNetModelSpace, SearchSpace, parse_space, spec_from_sample
 from .trial import ArchitectureEvaluator, TrainTask
 
 STRATEGIES = ("grid", "random", "evolution", "tpe")
-EXECUTIONS = ("sequential", "local")
+EXECUTIONS = ("sequential", "local", "remote", "kubeflow", "frameworkcontroller")
+# NNI training services that need machine or cluster settings (--training-service FILE); kubeflow and
+# frameworkcontroller are NNI's two Kubernetes services.
+CLUSTER_EXECUTIONS = EXECUTIONS[2:]
 
 
 @dataclass(frozen=True)
@@ -52,7 +56,8 @@ class SearchConfig:
     proxy_file: str | None = None  # train on this synthetic-set file instead of making / caching one
     execution: str = "sequential"
     concurrency: int = 1  # trials at once, ``local`` execution only
-    port: int = 8080  # NNI manager port, ``local`` execution only
+    port: int = 8080  # NNI manager port, training-service executions only
+    training_service: str | None = None  # JSON file of NNI training-service fields (remote / kubernetes executions)
     progress: bool = True
 
     def resolve(self) -> "SearchPlan":
@@ -72,6 +77,14 @@ class SearchConfig:
                 raise DMError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
         if not 0 < self.val_fraction < 1:
             raise DMError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+        if self.execution in CLUSTER_EXECUTIONS and self.training_service is None:
+            raise DMError(f"--execution {self.execution} needs --training-service FILE: a JSON object of NNI's "
+                          f"{self.execution} training-service fields (see docs/nas.md)")
+        if self.training_service is not None:
+            if self.execution not in CLUSTER_EXECUTIONS:
+                raise DMError(f"--training-service goes with --execution {'/'.join(CLUSTER_EXECUTIONS)}, "
+                              f"not {self.execution}")
+            training_service_fields(self.training_service)
         if self.proxy_file is not None and not proxy.is_set:
             raise DMError(f"--proxy-file goes with a set proxy (dm50, random50, ...), not {proxy.name}")
         if self.proxy_file is not None and not Path(self.proxy_file).is_file():
@@ -79,6 +92,18 @@ class SearchConfig:
         max_trials = min(self.max_trials or len(space), len(space))
         return SearchPlan(self, proxy, space, self.epochs or proxy.default_epochs(), max_trials,
                           resolve_device(self.device), RunDir(Path(self.out)))
+
+
+def training_service_fields(path: str) -> dict:
+    """The JSON object in ``path`` (e.g. ``{"machine_list": [{"host": ..., "user": ..., "ssh_key_file": ...}]}``)."""
+    try:
+        fields = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise DMError(f"cannot read the training-service file {path} ({type(exc).__name__}): give a JSON object "
+                      f"of NNI training-service fields") from None
+    if not isinstance(fields, dict):
+        raise DMError(f"{path} must hold a JSON object of NNI training-service fields")
+    return fields
 
 
 @dataclass(frozen=True)
@@ -171,7 +196,7 @@ def run_search(config: SearchConfig) -> SearchSummary:
             bar.close()
         searched = [spec_from_sample(m.sample).name for m in engine.list_models()]
     else:
-        _run_local(plan, model_space, strategy)
+        _run_training_service(plan, model_space, strategy)
         searched = [spec.name for spec in plan.space.specs()]  # trials ran elsewhere: read what they recorded
     return summarize(store, task.label, task.budget, searched)
 
@@ -186,7 +211,8 @@ def summarize(store: TrialStore, proxy: str, budget: str, archs: list[str]) -> S
     return SearchSummary(proxy, ranking, len(by_arch), store.path)
 
 
-# --- scale-out: NNI's training service ("local" runs trials as subprocesses under the NNI manager) -----------------
+# --- scale-out: NNI's training services ("local": trial subprocesses under the NNI manager; "remote": SSH machines;
+# "kubeflow" / "frameworkcontroller": Kubernetes) ---------------------------------------------------------------------
 
 def evaluate_in_trial_process(model, settings: dict) -> None:
     """Evaluator function of ``local`` execution: runs in a trial subprocess, rebuilds the task from plain settings.
@@ -200,27 +226,38 @@ def evaluate_in_trial_process(model, settings: dict) -> None:
     ArchitectureEvaluator(task, TrialStore(plan.run.results), config.repeats, config.seed, plan.device)(model)
 
 
-def _run_local(plan: SearchPlan, model_space: ConvNetModelSpace, strategy) -> None:
-    from nni.nas.evaluator import FunctionalEvaluator
-    from nni.nas.experiment import NasExperiment, NasExperimentConfig
-
-    settings = {**asdict(plan.config), "out": str(plan.run.path.resolve())}
-    evaluator = FunctionalEvaluator(evaluate_in_trial_process, settings=settings)
-    exp_config = NasExperimentConfig("ts", "simplified", "local")
-    exp_config.experiment_name = f"nas-{plan.proxy.name}"
-    exp_config.trial_concurrency = plan.config.concurrency
-    exp_config.max_trial_number = plan.max_trials
-    exp_config.experiment_working_directory = str((plan.run.path / "nni").resolve())
-    exp_config.trial_gpu_number = 1 if plan.device.type == "cuda" else 0
-    if plan.device.type == "cuda":
-        exp_config.training_service.use_active_gpu = True
-    experiment = NasExperiment(model_space, evaluator, strategy, exp_config)
+def _run_training_service(plan: SearchPlan, model_space: ConvNetModelSpace, strategy) -> None:
+    experiment = build_experiment(plan, model_space, strategy)
     try:
         experiment.run(port=plan.config.port)
     finally:
         experiment.stop()
 
 
+def build_experiment(plan: SearchPlan, model_space: ConvNetModelSpace, strategy):
+    """The NNI experiment of a training-service execution, configured but not started."""
+    from nni.nas.evaluator import FunctionalEvaluator
+    from nni.nas.experiment import NasExperiment, NasExperimentConfig
+
+    platform = plan.config.execution
+    settings = {**asdict(plan.config), "out": str(plan.run.path.resolve())}
+    evaluator = FunctionalEvaluator(evaluate_in_trial_process, settings=settings)
+    exp_config = NasExperimentConfig("ts", "simplified", platform)
+    exp_config.experiment_name = f"nas-{plan.proxy.name}"
+    exp_config.trial_concurrency = plan.config.concurrency
+    exp_config.max_trial_number = plan.max_trials
+    exp_config.experiment_working_directory = str((plan.run.path / "nni").resolve())
+    exp_config.trial_gpu_number = 1 if plan.device.type == "cuda" else 0
+    if plan.config.training_service is not None:
+        fields = training_service_fields(plan.config.training_service)
+        try:  # NNI's config classes turn nested dicts (machine_list, worker, ...) into their own types
+            exp_config.training_service = type(exp_config.training_service)(platform=platform, **fields)
+        except (TypeError, ValueError, AttributeError) as exc:  # NNI names an unknown field with AttributeError
+            raise DMError(f"{plan.config.training_service}: not valid for NNI's {platform} training service "
+                          f"({str(exc).splitlines()[0]})") from None
+    if platform == "local" and plan.device.type == "cuda":
+        exp_config.training_service.use_active_gpu = True
+    return NasExperiment(model_space, evaluator, strategy, exp_config)
 # --- CLI -------------------------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -247,9 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="dataset folder (default $DM_DATA_ROOT, else ./data)")
     p.add_argument("--proxy-file", default=None, help="train on this synthetic-set file instead of a cached one")
     p.add_argument("--execution", default=d.execution, choices=EXECUTIONS,
-                   help="sequential: in-process, no server; local: NNI training service (manager on all interfaces)")
-    p.add_argument("--concurrency", type=int, default=d.concurrency, help="parallel trials (local execution)")
-    p.add_argument("--port", type=int, default=d.port, help="NNI manager port (local execution)")
+                   help="sequential: in-process, no server; local / remote / kubeflow / frameworkcontroller: NNI's "
+                        "training services (the NNI manager listens on all interfaces: see docs/nas.md)")
+    p.add_argument("--concurrency", type=int, default=d.concurrency, help="parallel trials (training services)")
+    p.add_argument("--port", type=int, default=d.port, help="NNI manager port (training services)")
+    p.add_argument("--training-service", default=None,
+                   help="JSON file of NNI training-service fields, for remote / kubeflow / frameworkcontroller")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     return p
 

@@ -292,3 +292,50 @@ def test_local_execution_config_is_built_without_starting_a_server(tmp_path, mon
                     "workdir": str((tmp_path / "run" / "nni").resolve())}
     assert SearchConfig(**settings).resolve().proxy.name == "random5"  # what a trial process rebuilds its task from
     assert summary.trials == 0  # nothing ran
+
+
+def test_remote_execution_takes_its_machines_from_a_training_service_file(tmp_path, monkeypatch):
+    """``--execution remote --training-service FILE`` configures NNI's remote service (run() stubbed: no server)."""
+    import json
+
+    from nni.nas.experiment import NasExperiment
+
+    key = tmp_path / "id_test"
+    key.write_text("not a real key")
+    service = tmp_path / "machines.json"
+    service.write_text(json.dumps({"machine_list": [{"host": "gpu-box-1", "user": "me", "ssh_key_file": str(key)}]}))
+    seen = {}
+
+    def fake_run(self, port=8080, wait_completion=True, debug=False):
+        ts = self.config.training_service
+        seen.update(platform=ts.platform, hosts=[(m.host, m.port, m.user) for m in ts.machine_list], port=port)
+        return True
+
+    monkeypatch.setattr(NasExperiment, "run", fake_run)
+    monkeypatch.setattr(NasExperiment, "stop", lambda self: None)
+    run_search(tiny_search(tmp_path / "run", execution="remote", training_service=str(service), port=18081))
+    assert seen == {"platform": "remote", "hosts": [("gpu-box-1", 22, "me")], "port": 18081}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(execution="remote"), "needs --training-service FILE"),
+    (dict(execution="kubeflow"), "needs --training-service FILE"),
+    (dict(execution="sequential", training_service="x.json"), "goes with --execution"),
+    (dict(execution="remote", training_service="/nonexistent.json"), "cannot read the training-service file"),
+])
+def test_training_service_errors_come_before_any_work(tmp_path, overrides, message):
+    with pytest.raises(DMError, match=message):
+        tiny_search(tmp_path / "run", **overrides).resolve()
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_training_service_file_nni_rejects_is_one_clear_error(tmp_path):
+    from nas.search import build_experiment
+    from nas.space import ConvNetModelSpace
+
+    service = tmp_path / "bad.json"
+    service.write_text('{"machine_list": [{"host": "h", "user": "u", "no_such_field": 1}]}')
+    plan = tiny_search(tmp_path / "run", execution="remote", training_service=str(service)).resolve()
+    space = ConvNetModelSpace(plan.space, 1, 10, (16, 16))
+    with pytest.raises(DMError, match="not valid for NNI's remote training service"):
+        build_experiment(plan, space, strategy=None)
