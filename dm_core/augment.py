@@ -37,7 +37,7 @@ class AugmentParams:
     op: torch.Tensor  # (G,) long
     u: torch.Tensor  # (G, 11) float in [0, 1)
 
-    def take(self, groups: torch.Tensor) -> "AugmentParams":
+    def take(self, groups: torch.Tensor | slice) -> "AugmentParams":
         return AugmentParams(self.op[groups], self.u[groups])
 
 
@@ -127,7 +127,8 @@ def _affine(op: torch.Tensor, u: torch.Tensor, height: int, width: int) -> torch
 
 
 class DiffAugment:
-    """A seeded augmenter: ``siamese(draws)`` for condensation, ``__call__(x)`` for training (per-sample draws)."""
+    """A seeded augmenter: ``draw(n, device)`` gives n draws to share (Siamese use, through ``apply``'s groups);
+    calling it on a batch augments every sample with its own draw (training)."""
 
     def __init__(self, generator: torch.Generator, strategy: str = DEFAULT_STRATEGY):
         parse_strategy(strategy)

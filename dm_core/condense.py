@@ -58,6 +58,16 @@ def channels_last(device: torch.device, enabled: bool = True) -> torch.memory_fo
     return torch.channels_last if (enabled and device.type == "cuda") else torch.contiguous_format
 
 
+def finish_set(data: ImageDataset, images: torch.Tensor, classes: list[int], method: str, started: float,
+               **meta) -> SyntheticSet:
+    """A set of ``images`` grouped by class (``classes`` in order, equally many each) with its provenance."""
+    labels = torch.as_tensor(classes).repeat_interleave(len(images) // len(classes))
+    meta = {"dataset": data.name, "method": method, **meta, "classes": classes, "mean": list(data.mean),
+            "std": list(data.std), "image_size": list(data.image_size), "num_classes": data.num_classes,
+            "seconds": round(time.perf_counter() - started, 3), "version": package_version()}
+    return SyntheticSet(images.detach().float().contiguous().cpu(), labels, meta)
+
+
 class Checkpointer:
     """Periodic, atomic snapshots of a condensation run; ``resume`` picks one up if it matches the configuration.
 
@@ -154,11 +164,6 @@ class Condensation:
             self.checkpointer.save(done, self.images, self.optimizer, self.generator, self.history)
 
     def result(self, extra_meta: dict) -> SyntheticSet:
-        labels = torch.as_tensor(self.classes).repeat_interleave(self.config.ipc)
-        meta = {"dataset": self.data.name, "method": self.method, **asdict(self.config),
-                "classes": self.classes, "mean": list(self.data.mean), "std": list(self.data.std),
-                "image_size": list(self.data.image_size), "num_classes": self.data.num_classes,
-                "device": str(self.device), "seconds": round(time.perf_counter() - self.started_at, 3),
-                "loss_history": self.history, "version": package_version(), **extra_meta}
-        images = self.images.detach().float().contiguous().cpu()
-        return SyntheticSet(images, labels, meta)
+        return finish_set(self.data, self.images, self.classes, self.method, self.started_at,
+                          **{**asdict(self.config), "device": str(self.device), "loss_history": self.history,
+                             **extra_meta})

@@ -116,7 +116,7 @@ def condense_dm(data: ImageDataset, config: DMConfig = DMConfig(), classes: Sequ
             syn = run.images[c.start * config.ipc:c.stop * config.ipc]
             real_aug = syn_aug = None
             if params is not None:
-                p = augment.AugmentParams(params.op[c], params.u[c])
+                p = params.take(c)
                 real_aug = lambda x, p=p, g=g_real: augment.apply(x, p, g)  # noqa: E731
                 syn_aug = lambda x, p=p, g=g_syn: augment.apply(x, p, g)  # noqa: E731
             with autocast(device, config.amp):

@@ -100,6 +100,10 @@ def condense_dsa(data: ImageDataset, config: DSAConfig = DSAConfig(), classes: S
     uses_bn = has_batchnorm(net)
     use_aug = config.augment != "none"
     labels_syn = run.class_index.repeat_interleave(config.ipc)
+    # row i: class i's augmentation draw for each of its real / synthetic images
+    groups_real = torch.arange(k, device=device).repeat_interleave(n_real).view(k, n_real)
+    groups_syn = torch.arange(k, device=device).repeat_interleave(config.ipc).view(k, config.ipc)
+    augment_batch = augment.DiffAugment(run.generator, config.augment)
 
     bar = run.progress_bar(progress)
     for it in bar:
@@ -122,9 +126,8 @@ def condense_dsa(data: ImageDataset, config: DSAConfig = DSAConfig(), classes: S
                 real_c = real[i * n_real:(i + 1) * n_real]
                 syn_c = run.images[i * config.ipc:(i + 1) * config.ipc]
                 if use_aug:
-                    p = params.take(torch.full((1,), i, device=device))
-                    real_c = augment.apply(real_c, p, torch.zeros(n_real, dtype=torch.long, device=device))
-                    syn_c = augment.apply(syn_c, p, torch.zeros(config.ipc, dtype=torch.long, device=device))
+                    real_c = augment.apply(real_c, params, groups_real[i])
+                    syn_c = augment.apply(syn_c, params, groups_syn[i])
                 target_real = torch.full((n_real,), c, device=device)
                 target_syn = torch.full((config.ipc,), c, device=device)
                 with autocast(device, config.amp):
@@ -145,7 +148,7 @@ def condense_dsa(data: ImageDataset, config: DSAConfig = DSAConfig(), classes: S
                 idx = torch.randperm(len(synthetic), generator=run.generator, device=device)[:config.batch_train]
                 xb = synthetic[idx]
                 if use_aug:
-                    xb = augment.apply(xb, augment.sample_params(len(idx), run.generator, device, config.augment))
+                    xb = augment_batch(xb)
                 with autocast(device, config.amp):
                     inner_loss = F.cross_entropy(net(xb).float(), labels_syn[idx])
                 net_optimizer.zero_grad(set_to_none=True)

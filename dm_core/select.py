@@ -6,21 +6,11 @@ from typing import Sequence
 
 import torch
 
-from .condense import class_store, resolve_classes
+from .condense import class_store, finish_set, resolve_classes
 from .data import ImageDataset
 from .device import make_generator, resolve_device
-from .synset import SyntheticSet, package_version
+from .synset import SyntheticSet
 from .train import TrainConfig, fresh_model, train_model
-
-
-def _result(data: ImageDataset, images, classes: list[int], ipc: int, method: str, seed: int, started: float,
-            **extra) -> SyntheticSet:
-    labels = torch.as_tensor(classes).repeat_interleave(ipc)
-    meta = {"dataset": data.name, "method": method, "ipc": ipc, "seed": seed, "classes": classes,
-            "mean": list(data.mean), "std": list(data.std), "image_size": list(data.image_size),
-            "num_classes": data.num_classes, "seconds": round(time.perf_counter() - started, 3),
-            "version": package_version(), **extra}
-    return SyntheticSet(images.detach().float().cpu().contiguous(), labels, meta)
 
 
 def select_random(data: ImageDataset, ipc: int, classes: Sequence[int] | None = None, seed: int = 0) -> SyntheticSet:
@@ -29,7 +19,7 @@ def select_random(data: ImageDataset, ipc: int, classes: Sequence[int] | None = 
     classes = resolve_classes(data, classes, ipc)
     store = class_store(data, classes, torch.device("cpu"))
     images = store.sample(classes, ipc, make_generator(seed, torch.device("cpu")))
-    return _result(data, images, classes, ipc, "random", seed, started)
+    return finish_set(data, images, classes, "random", started, ipc=ipc, seed=seed)
 
 
 def herding_order(features: torch.Tensor, count: int) -> torch.Tensor:
@@ -69,5 +59,5 @@ def select_herding(data: ImageDataset, ipc: int, classes: Sequence[int] | None =
             images = store.class_images(c)
             features = torch.cat([net.embed(images[i:i + 1024]).float() for i in range(0, len(images), 1024)])
             chosen.append(images[herding_order(features, ipc).to(device)])
-    return _result(data, torch.cat(chosen), classes, ipc, "herding", seed, started, model=model,
-                   feature_epochs=epochs)
+    return finish_set(data, torch.cat(chosen), classes, "herding", started, ipc=ipc, seed=seed, model=model,
+                      feature_epochs=epochs)

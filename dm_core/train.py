@@ -61,6 +61,7 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Trai
     x = x.to(device, memory_format=fmt)
     y = y.to(device)
     generator = make_generator(seed, device)
+    augment_batch = augment.DiffAugment(generator)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     per_epoch, total, decay_at = config.schedule(len(x))
@@ -75,7 +76,7 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Trai
         idx = order[within * config.batch_size:(within + 1) * config.batch_size]
         xb = x[idx]
         if config.augment:
-            xb = augment.apply(xb, augment.sample_params(len(idx), generator, device))
+            xb = augment_batch(xb)
         with autocast(device, config.amp):
             loss = F.cross_entropy(model(xb).float(), y[idx])
         optimizer.zero_grad(set_to_none=True)
