@@ -1,13 +1,16 @@
 """Differentiable Siamese augmentation (DSA), vectorised over samples and over parameter draws.
 
 PROTOCOL.md section 3: each draw picks ONE of the groups color / crop / cutout / flip / scale / rotate uniformly at
-random and applies it. A draw is shared by every sample mapped to it (``groups``): in Siamese mode one draw per class,
-used by that class's real and synthetic images; in training mode one draw per sample.
+random and applies it. Two ways of drawing, as in the reference code:
 
-All four geometric groups are affine maps, so a whole batch is warped by ONE ``grid_sample`` whose per-sample matrix is
-the identity for samples whose draw picked a non-geometric group. Colour and cutout are per-sample elementwise ops whose
-parameters are neutral (add 0, scale 1, mask 1) where not picked. Every op is differentiable in the images; no Python
-branch depends on the draw, so there is no host sync and a batch of any mix of draws is one call.
+- Siamese mode (condensation): one draw (group and parameters) per class, shared by that class's real and synthetic
+  images through ``apply(x, params, groups)``. The groups of a batch differ from class to class, so all four geometric
+  groups are folded into ONE per-sample affine ``grid_sample`` (identity where a non-geometric group was picked), and
+  colour and cutout are per-sample elementwise ops with neutral parameters where not picked: no Python branch depends
+  on a draw, so there is no host sync.
+- Training mode (evaluation, DSA's inner loop; ``DiffAugment``): ONE group per call, i.e. per mini-batch, with that
+  group's parameters drawn independently per sample. The group is drawn from a host generator, so only the op that
+  was drawn is computed (``apply_op``), still without a host sync.
 """
 from __future__ import annotations
 
@@ -84,15 +87,7 @@ def apply(x: torch.Tensor, params: AugmentParams, groups: torch.Tensor | None = 
                       mode="bilinear", padding_mode="zeros", align_corners=False)
 
     # cutout: zero a square of half the image size centred at a random pixel.
-    size_h, size_w = int(height * CUTOUT_FRACTION + 0.5), int(width * CUTOUT_FRACTION + 0.5)
-    top = (u[:, 5] * height).floor() - size_h // 2
-    left = (u[:, 6] * width).floor() - size_w // 2
-    rows = torch.arange(height, device=x.device, dtype=x.dtype)
-    cols = torch.arange(width, device=x.device, dtype=x.dtype)
-    in_rows = (rows >= top[:, None]) & (rows < top[:, None] + size_h)
-    in_cols = (cols >= left[:, None]) & (cols < left[:, None] + size_w)
-    hole = (in_rows[:, :, None] & in_cols[:, None, :]).to(x.dtype).unsqueeze(1)
-    return x * (1 - picked("cutout").view(n, 1, 1, 1) * hole)
+    return x * (1 - picked("cutout").view(n, 1, 1, 1) * _cutout_hole(u, height, width, x.dtype))
 
 
 def _affine(op: torch.Tensor, u: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -126,17 +121,75 @@ def _affine(op: torch.Tensor, u: torch.Tensor, height: int, width: int) -> torch
     return theta
 
 
-class DiffAugment:
-    """A seeded augmenter: ``draw(n, device)`` gives n draws to share (Siamese use, through ``apply``'s groups);
-    calling it on a batch augments every sample with its own draw (training)."""
+def apply_op(x: torch.Tensor, op: str, u: torch.Tensor) -> torch.Tensor:
+    """Apply the one group ``op`` to every sample of ``x``, sample i with its own uniforms ``u[i]``.
 
-    def __init__(self, generator: torch.Generator, strategy: str = DEFAULT_STRATEGY):
-        parse_strategy(strategy)
+    Gives the same result as ``apply`` with every draw picking ``op``, computing only that op.
+    """
+    n, _, height, width = x.shape
+    u = u.to(x.dtype)
+    if op == "color":
+        x = x + (u[:, 0].view(n, 1, 1, 1) - 0.5) * BRIGHTNESS
+        mean = x.mean(dim=1, keepdim=True)
+        x = (x - mean) * (u[:, 1].view(n, 1, 1, 1) * 2) + mean
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        return (x - mean) * (u[:, 2].view(n, 1, 1, 1) + 0.5) + mean
+    if op == "cutout":
+        return x * (1 - _cutout_hole(u, height, width, x.dtype))
+    if op == "flip":
+        return torch.where(u[:, 7].view(n, 1, 1, 1) < 0.5, x.flip(3), x)
+    if op in ("crop", "scale", "rotate"):
+        codes = torch.full((n,), OPS.index(op), dtype=torch.long, device=x.device)
+        grid = F.affine_grid(_affine(codes, u, height, width).to(x.dtype), list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    raise DMError(f"unknown augmentation op {op!r}: use one of {', '.join(OPS)}")
+
+
+def _cutout_hole(u: torch.Tensor, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+    """(N, 1, H, W) masks, 1 inside a square of half the image size centred at a random pixel of each sample."""
+    size_h, size_w = int(height * CUTOUT_FRACTION + 0.5), int(width * CUTOUT_FRACTION + 0.5)
+    top = (u[:, 5] * height).floor() - size_h // 2
+    left = (u[:, 6] * width).floor() - size_w // 2
+    rows = torch.arange(height, device=u.device, dtype=u.dtype)
+    cols = torch.arange(width, device=u.device, dtype=u.dtype)
+    in_rows = (rows >= top[:, None]) & (rows < top[:, None] + size_h)
+    in_cols = (cols >= left[:, None]) & (cols < left[:, None] + size_w)
+    return (in_rows[:, :, None] & in_cols[:, None, :]).to(dtype).unsqueeze(1)
+
+
+GROUP_MODES = ("batch", "sample")
+
+
+class DiffAugment:
+    """A seeded training-time augmenter: calling it on a mini-batch augments it.
+
+    ``groups="batch"`` (the reference's distribution, the default): one group per call, drawn from a host generator
+    seeded once from ``generator``, and per-sample parameters drawn from ``generator`` on the batch's device; only
+    that group's op is computed. ``groups="sample"``: every sample draws its own group (a different distribution,
+    kept as an option). ``draw(n, device)`` gives n mixed draws to share through ``apply``'s groups.
+    """
+
+    def __init__(self, generator: torch.Generator, strategy: str = DEFAULT_STRATEGY, groups: str = "batch"):
+        self.check_groups(groups)
+        self.allowed = [OPS[i] for i in parse_strategy(strategy).tolist()]
         self.generator = generator
         self.strategy = strategy
+        self.groups = groups
+        seed = torch.randint(2**62, (1,), generator=generator, device=generator.device)
+        self.host = torch.Generator().manual_seed(int(seed))  # one read at construction, none per batch
+
+    @staticmethod
+    def check_groups(groups: str) -> str:
+        if groups not in GROUP_MODES:
+            raise DMError(f"unknown augmentation grouping {groups!r}: use {' or '.join(GROUP_MODES)}")
+        return groups
 
     def draw(self, num_draws: int, device: torch.device) -> AugmentParams:
         return sample_params(num_draws, self.generator, device, self.strategy)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return apply(x, self.draw(x.shape[0], x.device))
+        if self.groups == "sample":
+            return apply(x, self.draw(x.shape[0], x.device))
+        op = self.allowed[int(torch.randint(len(self.allowed), (1,), generator=self.host))]
+        u = torch.rand(x.shape[0], 11, generator=self.generator, device=x.device)
+        return apply_op(x, op, u)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
@@ -16,6 +15,7 @@ from .data import ClassStore, ImageDataset
 from .device import make_generator
 from .errors import DMError
 from .io import atomic_torch_save
+from .precision import memory_format
 from .synset import SyntheticSet, package_version
 
 CHECKPOINT_FORMAT = "dm_core.checkpoint/1"
@@ -45,17 +45,6 @@ def initial_images(store: ClassStore, classes: list[int], ipc: int, init: str, g
     if init == "noise":
         return torch.randn(len(classes) * ipc, *shape, generator=generator, device=store.device)
     raise DMError(f"unknown init {init!r}: use real or noise")
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CUDA (matmuls and convs on tensor cores); plain fp32 elsewhere."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def channels_last(device: torch.device, enabled: bool = True) -> torch.memory_format:
-    return torch.channels_last if (enabled and device.type == "cuda") else torch.contiguous_format
 
 
 def finish_set(data: ImageDataset, images: torch.Tensor, classes: list[int], method: str, started: float,
@@ -125,7 +114,7 @@ class Condensation:
         self._since_log = 0
         images = initial_images(self.store, self.classes, config.ipc, config.init, self.generator,
                                 data.x_train.shape[1:])
-        self.images = images.to(memory_format=channels_last(device)).requires_grad_(True)
+        self.images = images.to(memory_format=memory_format(device, config.precision)).requires_grad_(True)
         self.optimizer = torch.optim.SGD([self.images], lr=lr_img, momentum=0.5)
         self.checkpointer = Checkpointer(checkpoint, method, config, self.classes, data.name)
         self.start = 0

@@ -6,10 +6,12 @@ One iteration, for all classes at once:
   embed every real image in ONE forward pass (no grad) and every synthetic image in ONE forward pass
   loss = sum_c || mean real embedding_c - mean synthetic embedding_c ||^2, one SGD step on the synthetic images.
 The only Python loop is over class chunks, used when ``class_chunk`` asks to bound memory or when a pass runs out
-of memory (the chunk is then halved and the iteration redone).
+of memory (the chunk is then halved and the iteration redone). Networks with BatchNorm always take every class in
+one pass, so their statistics are those of the whole batch (PROTOCOL.md section 1); chunking them is refused.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -18,11 +20,12 @@ from typing import Sequence
 import torch
 
 from . import augment
-from .condense import Condensation, autocast, channels_last
+from .condense import Condensation
 from .data import ImageDataset
 from .device import resolve_device
 from .errors import DMError
-from .nets import build_model, reinit_
+from .nets import build_model, has_batchnorm, reinit_
+from .precision import check_precision, memory_format, precision_scope
 from .synset import SyntheticSet
 
 
@@ -37,7 +40,7 @@ class DMConfig:
     seed: int = 0
     augment: str = augment.DEFAULT_STRATEGY  # "none" turns augmentation off
     class_chunk: int | None = None  # classes per forward pass; None = auto (see auto_class_chunk)
-    amp: bool = True  # bf16 autocast and channels_last on CUDA
+    precision: str = "fp32"  # or "bf16" (autocast), an explicit option
     checkpoint_every: int = 500
     log_every: int = 50
 
@@ -47,6 +50,9 @@ class DMConfig:
                           f"{self.iterations}, {self.batch_real})")
         if self.class_chunk is not None and self.class_chunk < 1:
             raise DMError(f"class_chunk must be at least 1, got {self.class_chunk}")
+        if self.lr_img is not None and not (self.lr_img > 0 and math.isfinite(self.lr_img)):
+            raise DMError(f"the image learning rate must be a positive number, got {self.lr_img}")
+        check_precision(self.precision)
 
     @property
     def image_lr(self) -> float:
@@ -56,14 +62,16 @@ class DMConfig:
 CPU_IMAGES_PER_PASS = 128
 
 
-def auto_class_chunk(device: torch.device, num_classes: int, real_per_class: int) -> int:
+def auto_class_chunk(device: torch.device, num_classes: int, real_per_class: int, batchnorm: bool = False) -> int:
     """Classes per forward pass when the configuration does not say.
 
-    CUDA: all classes in one pass (fewest launches; halved automatically if memory runs out). CPU: about 128 real
-    images per pass, since larger batches' activations overflow the caches: MNIST, ConvNet width 32, 64 real images
-    per class, 10 ipc measured 183 ms/iteration with all 10 classes per pass, 160 with 4, 110 with 2, 122 with 1.
+    BatchNorm networks: all classes in one pass, always (PROTOCOL.md section 1: the statistics are those of the whole
+    batch, so any other chunking would change the result). CUDA: all classes in one pass (fewest launches; halved
+    automatically if memory runs out). CPU: about 128 real images per pass, since larger batches' activations
+    overflow the caches: MNIST, ConvNet width 32, 64 real images per class, 10 ipc measured 183 ms/iteration with all
+    10 classes per pass, 160 with 4, 110 with 2, 122 with 1.
     """
-    if device.type == "cuda":
+    if batchnorm or device.type == "cuda":
         return num_classes
     return max(1, min(num_classes, CPU_IMAGES_PER_PASS // real_per_class))
 
@@ -94,10 +102,15 @@ def condense_dm(data: ImageDataset, config: DMConfig = DMConfig(), classes: Sequ
     k_all = len(run.classes)
     n_real = min(config.batch_real, int(run.store.counts[run.classes].min()))
     width = int(run.store.counts[run.classes].max())
-    fmt = channels_last(device, config.amp)
+    fmt = memory_format(device, config.precision)
     net = build_model(config.model, data.channels, data.num_classes, data.image_size)
     net = net.to(device, memory_format=fmt).train().requires_grad_(False)  # frozen: only the images learn
     use_aug = config.augment != "none"
+    batchnorm = has_batchnorm(net)
+    if batchnorm and config.class_chunk is not None and config.class_chunk < k_all:
+        raise DMError(f"{config.model} has BatchNorm, whose statistics span every class of a pass, so condensing "
+                      f"{config.class_chunk} of {k_all} classes per pass would change the result: drop "
+                      f"--class-chunk (lower --batch-real to save memory)")
 
     def plan(chunk: int) -> list[tuple]:
         """Per chunk of classes: its slice, and the chunk-local class of each real and each synthetic sample
@@ -119,13 +132,13 @@ def condense_dm(data: ImageDataset, config: DMConfig = DMConfig(), classes: Sequ
                 p = params.take(c)
                 real_aug = lambda x, p=p, g=g_real: augment.apply(x, p, g)  # noqa: E731
                 syn_aug = lambda x, p=p, g=g_syn: augment.apply(x, p, g)  # noqa: E731
-            with autocast(device, config.amp):
+            with precision_scope(device, config.precision):
                 loss = dm_loss(net, real.contiguous(memory_format=fmt), syn, k, real_aug, syn_aug)
             loss.backward()  # chunks accumulate their (independent) gradients; one optimiser step follows
             total = loss.detach() if total is None else total + loss.detach()
         return total
 
-    chunk = config.class_chunk or auto_class_chunk(device, k_all, n_real)
+    chunk = min(config.class_chunk or auto_class_chunk(device, k_all, n_real, batchnorm), k_all)
     chunks = plan(chunk)
     bar = run.progress_bar(progress)
     for it in bar:
@@ -138,7 +151,11 @@ def condense_dm(data: ImageDataset, config: DMConfig = DMConfig(), classes: Sequ
                 total = iteration(chunks, real_index, params)
                 break
             except torch.cuda.OutOfMemoryError:
-                # Memory is short: condense fewer classes per forward pass and redo this iteration.
+                # Memory is short: condense fewer classes per forward pass and redo this iteration (not with
+                # BatchNorm, whose whole-batch statistics a smaller pass would change).
+                if batchnorm:
+                    raise DMError(f"out of memory on {device} with all {k_all} classes in one pass, which "
+                                  f"BatchNorm needs: lower --batch-real (now {n_real})") from None
                 if chunk == 1:
                     raise DMError(f"out of memory on {device} even with one class per pass: lower --batch-real "
                                   f"(now {n_real})") from None

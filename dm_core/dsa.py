@@ -3,10 +3,13 @@
 Per outer iteration: a fresh random network. Per outer-loop step: (BatchNorm nets) set BN statistics from a real batch
 and freeze them; for each class, the cross-entropy gradients of an augmented real batch and of the class's synthetic
 images under the SAME augmentation draw are compared layer by layer; one SGD step on the images through the
-second-order graph; then ``inner_loop`` SGD steps of the network on the synthetic set.
+second-order graph; then ``inner_loop`` epochs of training of the network on the synthetic set (shuffled mini-batches
+of ``batch_train``, training-mode DSA augmentation), as the reference code does: with 500 synthetic images one epoch
+is 2 SGD steps.
 """
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from typing import Sequence
@@ -15,11 +18,12 @@ import torch
 import torch.nn.functional as F
 
 from . import augment
-from .condense import Condensation, autocast, channels_last
+from .condense import Condensation
 from .data import ImageDataset
 from .device import resolve_device
 from .errors import DMError
 from .nets import build_model, has_batchnorm, reinit_
+from .precision import check_precision, memory_format, precision_scope
 from .synset import SyntheticSet
 
 # (outer_loop, inner_loop) by images per class, PROTOCOL.md section 5.
@@ -48,7 +52,7 @@ class DSAConfig:
     init: str = "real"
     seed: int = 0
     augment: str = augment.DEFAULT_STRATEGY  # "none" turns augmentation off
-    amp: bool = False  # bf16 autocast on CUDA; off by default: second-order gradients want fp32
+    precision: str = "fp32"  # or "bf16" (autocast), an explicit option
     checkpoint_every: int = 50
     log_every: int = 10
 
@@ -56,6 +60,12 @@ class DSAConfig:
         if self.ipc < 1 or self.iterations < 0 or self.batch_real < 1:
             raise DMError(f"DSA needs ipc >= 1, iterations >= 0 and batch_real >= 1 (got {self.ipc}, "
                           f"{self.iterations}, {self.batch_real})")
+        if not (self.lr_img > 0 and math.isfinite(self.lr_img)) or not (self.lr_net > 0 and math.isfinite(self.lr_net)):
+            raise DMError(f"DSA needs positive learning rates, got lr_img {self.lr_img} and lr_net {self.lr_net}")
+        if self.batch_train < 1 or self.bn_batch_per_class < 1:
+            raise DMError(f"batch_train and bn_batch_per_class must be at least 1 (got {self.batch_train}, "
+                          f"{self.bn_batch_per_class})")
+        check_precision(self.precision)
         for name in ("outer_loop", "inner_loop"):
             value = getattr(self, name)
             if value is not None and value < (1 if name == "outer_loop" else 0):
@@ -94,7 +104,7 @@ def condense_dsa(data: ImageDataset, config: DSAConfig = DSAConfig(), classes: S
     n_real = min(config.batch_real, int(run.store.counts[run.classes].min()))
     n_bn = min(config.bn_batch_per_class, n_real)
     width = int(run.store.counts[run.classes].max())
-    fmt = channels_last(device, config.amp)
+    fmt = memory_format(device, config.precision)
     net = build_model(config.model, data.channels, data.num_classes, data.image_size).to(device, memory_format=fmt)
     weights = [p for p in net.parameters()]
     uses_bn = has_batchnorm(net)
@@ -103,17 +113,18 @@ def condense_dsa(data: ImageDataset, config: DSAConfig = DSAConfig(), classes: S
     # row i: class i's augmentation draw for each of its real / synthetic images
     groups_real = torch.arange(k, device=device).repeat_interleave(n_real).view(k, n_real)
     groups_syn = torch.arange(k, device=device).repeat_interleave(config.ipc).view(k, config.ipc)
-    augment_batch = augment.DiffAugment(run.generator, config.augment)
 
     bar = run.progress_bar(progress)
     for it in bar:
         reinit_(net, run.generator)
+        # made per outer iteration from the run's generator, so a resumed run draws what the uninterrupted one did
+        augment_batch = augment.DiffAugment(run.generator, config.augment) if use_aug else None
         net_optimizer = torch.optim.SGD(weights, lr=config.lr_net)
         matched = torch.zeros((), device=device)
         for step in range(outer_loop):
             real = run.store.images[run.store.sample_indices(run.class_index, n_real, width, run.generator)]
             if uses_bn:  # statistics of a real batch of all classes, then frozen for the matching
-                with torch.no_grad(), autocast(device, config.amp):
+                with torch.no_grad(), precision_scope(device, config.precision):
                     net.train()(real.view(k, n_real, *real.shape[1:])[:, :n_bn].flatten(0, 1))
                 net.eval()
             else:
@@ -130,7 +141,7 @@ def condense_dsa(data: ImageDataset, config: DSAConfig = DSAConfig(), classes: S
                     syn_c = augment.apply(syn_c, params, groups_syn[i])
                 target_real = torch.full((n_real,), c, device=device)
                 target_syn = torch.full((config.ipc,), c, device=device)
-                with autocast(device, config.amp):
+                with precision_scope(device, config.precision):
                     loss_real = F.cross_entropy(net(real_c).float(), target_real)
                     grads_real = [g.detach() for g in torch.autograd.grad(loss_real, weights)]
                     loss_syn = F.cross_entropy(net(syn_c).float(), target_syn)
@@ -144,16 +155,17 @@ def condense_dsa(data: ImageDataset, config: DSAConfig = DSAConfig(), classes: S
                 break
             net.train()
             synthetic = run.images.detach()
-            for _ in range(inner_loop):  # train the network on the (augmented) synthetic set
-                idx = torch.randperm(len(synthetic), generator=run.generator, device=device)[:config.batch_train]
-                xb = synthetic[idx]
-                if use_aug:
-                    xb = augment_batch(xb)
-                with autocast(device, config.amp):
-                    inner_loss = F.cross_entropy(net(xb).float(), labels_syn[idx])
-                net_optimizer.zero_grad(set_to_none=True)
-                inner_loss.backward()
-                net_optimizer.step()
+            for _ in range(inner_loop):  # inner_loop epochs over the (augmented) synthetic set
+                order = torch.randperm(len(synthetic), generator=run.generator, device=device)
+                for idx in order.split(config.batch_train):
+                    xb = synthetic[idx]
+                    if use_aug:
+                        xb = augment_batch(xb)
+                    with precision_scope(device, config.precision):
+                        inner_loss = F.cross_entropy(net(xb).float(), labels_syn[idx])
+                    net_optimizer.zero_grad(set_to_none=True)
+                    inner_loss.backward()
+                    net_optimizer.step()
         run.end_iteration(it + 1, matched, bar)
     bar.close()
     return run.result({"lr_img": config.lr_img, "outer_loop": outer_loop, "inner_loop": inner_loop,

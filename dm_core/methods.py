@@ -8,11 +8,12 @@ from .data import ImageDataset
 from .dm import DMConfig, condense_dm
 from .dsa import DSAConfig, condense_dsa
 from .errors import DMError
+from .precision import check_precision
 from .select import select_herding, select_random
 from .synset import SyntheticSet
 
 METHODS = ("random", "herding", "dm", "dsa")
-HERDING_OPTIONS = ("model", "epochs", "batch_size")
+HERDING_OPTIONS = ("model", "epochs", "batch_size", "precision")
 
 
 def _config(cls, ipc: int, seed: int, options: dict):
@@ -33,8 +34,10 @@ def make_set(method: str, data: ImageDataset, ipc: int, classes: Sequence[int] |
     """
     options = {k: v for k, v in options.items() if v is not None}
     if method == "random":
+        precision = options.pop("precision", "fp32")  # nothing is computed; accepted so callers can pass it to all
         if options:
             raise DMError(f"random selection takes no options, got {', '.join(options)}")
+        check_precision(precision)
         return select_random(data, ipc, classes, seed)
     if method == "herding":
         unknown = sorted(set(options) - set(HERDING_OPTIONS))

@@ -9,6 +9,7 @@ import torch
 from .condense import class_store, finish_set, resolve_classes
 from .data import ImageDataset
 from .device import make_generator, resolve_device
+from .precision import precision_scope
 from .synset import SyntheticSet
 from .train import TrainConfig, fresh_model, train_model
 
@@ -19,7 +20,7 @@ def select_random(data: ImageDataset, ipc: int, classes: Sequence[int] | None = 
     classes = resolve_classes(data, classes, ipc)
     store = class_store(data, classes, torch.device("cpu"))
     images = store.sample(classes, ipc, make_generator(seed, torch.device("cpu")))
-    return finish_set(data, images, classes, "random", started, ipc=ipc, seed=seed)
+    return finish_set(data, images, classes, "random", started, ipc=ipc, seed=seed, precision="fp32")
 
 
 def herding_order(features: torch.Tensor, count: int) -> torch.Tensor:
@@ -44,20 +45,21 @@ def herding_order(features: torch.Tensor, count: int) -> torch.Tensor:
 
 def select_herding(data: ImageDataset, ipc: int, classes: Sequence[int] | None = None, seed: int = 0,
                    device: str | torch.device = "auto", model: str = "convnet", epochs: int = 30,
-                   batch_size: int = 256, progress: bool = False) -> SyntheticSet:
+                   batch_size: int = 256, progress: bool = False, precision: str = "fp32") -> SyntheticSet:
     """Herding on the features of a ConvNet trained (from ``seed``) on the given classes' images only."""
     started = time.perf_counter()
     device = resolve_device(device)
     classes = resolve_classes(data, classes, ipc)
     store = class_store(data, classes, device)
-    config = TrainConfig(epochs=epochs, batch_size=batch_size)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, precision=precision)
     net = train_model(fresh_model(model, data, seed, device), store.images, store.labels, config, seed, device,
                       progress)
     chosen = []
     with torch.no_grad():
         for c in classes:  # per class: herding is sequential in the picks, and classes differ in size
             images = store.class_images(c)
-            features = torch.cat([net.embed(images[i:i + 1024]).float() for i in range(0, len(images), 1024)])
+            with precision_scope(device, precision):
+                features = torch.cat([net.embed(images[i:i + 1024]).float() for i in range(0, len(images), 1024)])
             chosen.append(images[herding_order(features, ipc).to(device)])
     return finish_set(data, torch.cat(chosen), classes, "herding", started, ipc=ipc, seed=seed, model=model,
-                      feature_epochs=epochs)
+                      feature_epochs=epochs, precision=precision)

@@ -9,6 +9,7 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -16,11 +17,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import augment
-from .condense import autocast, channels_last
 from .data import ImageDataset
 from .device import make_generator, resolve_device
 from .errors import DMError
 from .nets import build_model, reinit_
+from .precision import check_precision, memory_format, precision_scope
 from .synset import SyntheticSet
 
 
@@ -32,14 +33,20 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     decay_epochs: int | None = None  # lr x 0.1 from this epoch on; None = epochs // 2
-    augment: bool = True  # DSA with per-sample draws on every batch
+    augment: bool = True  # DSA augmentation on every batch
+    augment_groups: str = "batch"  # one op group per mini-batch, per-sample parameters (reference); or "sample"
     iterations: int | None = None  # if set: exactly this many SGD steps (lr decay at half), epochs ignored
-    amp: bool = True  # bf16 autocast and channels_last on CUDA
+    precision: str = "fp32"  # or "bf16" (autocast), an explicit option
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or (self.iterations is not None and self.iterations < 1):
             raise DMError(f"training needs epochs >= 1, batch_size >= 1 and iterations >= 1 (got {self.epochs}, "
                           f"{self.batch_size}, {self.iterations})")
+        if not (self.lr > 0 and math.isfinite(self.lr)) or self.momentum < 0 or self.weight_decay < 0:
+            raise DMError(f"training needs lr > 0, momentum >= 0 and weight_decay >= 0 (got {self.lr}, "
+                          f"{self.momentum}, {self.weight_decay})")
+        check_precision(self.precision)
+        augment.DiffAugment.check_groups(self.augment_groups)
 
     def schedule(self, num_samples: int) -> tuple[int, int, int]:
         """(steps per epoch, total steps, step at which the learning rate drops)."""
@@ -51,17 +58,22 @@ class TrainConfig:
 
 
 def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig = TrainConfig(),
-                seed: int = 0, device: str | torch.device = "auto", progress: bool = False) -> nn.Module:
-    """Train ``model`` from its current weights on (x, y); returns it in eval mode, on ``device``."""
+                seed: int = 0, device: str | torch.device = "auto", progress: bool = False,
+                on_epoch: Callable[[int, nn.Module], None] | None = None) -> nn.Module:
+    """Train ``model`` from its current weights on (x, y); returns it in eval mode, on ``device``.
+
+    ``on_epoch(epoch, model)`` is called after each full epoch (epoch counts from 1), e.g. to report a validation
+    accuracy; the model is put back in train mode afterwards.
+    """
     device = resolve_device(device)
     if len(x) == 0 or len(x) != len(y):
         raise DMError(f"cannot train on {len(x)} images with {len(y)} labels")
-    fmt = channels_last(device, config.amp)
+    fmt = memory_format(device, config.precision)
     model = model.to(device, memory_format=fmt).train()
     x = x.to(device, memory_format=fmt)
     y = y.to(device)
     generator = make_generator(seed, device)
-    augment_batch = augment.DiffAugment(generator)
+    augment_batch = augment.DiffAugment(generator, groups=config.augment_groups)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     per_epoch, total, decay_at = config.schedule(len(x))
@@ -77,17 +89,20 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Trai
         xb = x[idx]
         if config.augment:
             xb = augment_batch(xb)
-        with autocast(device, config.amp):
+        with precision_scope(device, config.precision):
             loss = F.cross_entropy(model(xb).float(), y[idx])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if on_epoch is not None and within == per_epoch - 1:
+            on_epoch((step + 1) // per_epoch, model)
+            model.train()
     return model.eval()
 
 
 @torch.no_grad()
 def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device: str | torch.device = "auto",
-                      batch_size: int = 1024, classes=None, amp: bool = True) -> float:
+                      batch_size: int = 1024, classes=None, precision: str = "fp32") -> float:
     """Top-1 accuracy in [0, 1] over (x, y), restricted to samples of ``classes`` when given."""
     device = resolve_device(device)
     if classes is not None:
@@ -99,7 +114,7 @@ def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device
     correct = torch.zeros((), dtype=torch.long, device=device)
     for start in range(0, len(y), batch_size):
         xb = x[start:start + batch_size].to(device, non_blocking=True)
-        with autocast(device, amp):
+        with precision_scope(device, precision):
             pred = model(xb).argmax(dim=1)
         correct += (pred == y[start:start + batch_size].to(device)).sum()
     return correct.item() / len(y)
@@ -117,7 +132,7 @@ def train_and_test(x: torch.Tensor, y: torch.Tensor, data: ImageDataset, model: 
     """Train a fresh ``model`` on (x, y) and return its accuracy on ``data``'s test set."""
     device = resolve_device(device)
     net = train_model(fresh_model(model, data, seed, device), x, y, config, seed, device, progress)
-    return evaluate_accuracy(net, data.x_test, data.y_test, device, classes=test_classes, amp=config.amp)
+    return evaluate_accuracy(net, data.x_test, data.y_test, device, classes=test_classes, precision=config.precision)
 
 
 @dataclass
