@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -15,8 +16,10 @@ from pathlib import Path
 from .data import DATASETS, load_dataset
 from .device import resolve_device
 from .errors import DMError
+from .io import check_writable
 from .augment import GROUP_MODES
-from .methods import METHODS, make_set
+from .condense import Interrupted
+from .methods import METHODS, check_options, make_set
 from .precision import PRECISIONS
 from .synset import SyntheticSet
 from .train import TrainConfig, evaluate_set
@@ -40,6 +43,7 @@ class CondenseRequest:
     data_root: str | None
     checkpoint: Path | None
     resume: bool
+    restart: bool
     png: bool
     progress: bool
 
@@ -59,7 +63,8 @@ class EvaluateRequest:
     progress: bool
 
 
-def condense(req: CondenseRequest) -> dict:
+def condense_options(req: CondenseRequest) -> dict:
+    """The method's options from the flags, refusing flags that do not apply to the method."""
     if req.method not in METHODS:
         raise DMError(f"unknown method {req.method!r}: choose one of {', '.join(METHODS)}")
     options = {"model": req.model}
@@ -76,23 +81,62 @@ def condense(req: CondenseRequest) -> dict:
             raise DMError(f"--herding-epochs applies to herding, not {req.method}")
         options["epochs"] = req.herding_epochs
     if req.method == "random":
+        if req.model is not None:
+            raise DMError("--model applies to dm, dsa and herding, not random")
         options = {}
     if req.method != "random":
         options["precision"] = req.precision
     elif req.precision != "fp32":
         raise DMError("--precision applies to dm, dsa and herding, not random")
+    if req.method not in ("dm", "dsa") and (req.checkpoint is not None or req.resume or req.restart):
+        raise DMError(f"--checkpoint, --resume and --restart apply to dm and dsa; {req.method} keeps no checkpoint")
+    if req.resume and req.restart:
+        raise DMError("--resume and --restart contradict each other: give one")
+    check_options(req.method, req.ipc, req.seed, **options)
+    return options
+
+
+def output_paths(req: CondenseRequest) -> tuple[Path | None, Path | None]:
+    """(checkpoint, png) beside ``--out``, all checked before any work: no path may stand for another, and each must
+    be writable, so nothing is lost or found unwritable after a long run."""
+    out = req.out
+    if out.suffix == ".ckpt":
+        raise DMError(f"--out {out}: .ckpt names are for checkpoints; give the set a .pt name")
+    checkpoint = None
+    if req.method in ("dm", "dsa"):
+        checkpoint = req.checkpoint or out.with_suffix(".ckpt")
+        if _same_path(checkpoint, out):
+            raise DMError(f"--checkpoint {checkpoint} is the --out file: give the checkpoint another name")
+        check_writable(checkpoint, "checkpoint")
+    png = out.with_suffix(".png") if req.png else None
+    if png is not None and _same_path(png, out):
+        raise DMError(f"--png would write the picture over the set {out}: give --out a .pt name")
+    if png is not None and checkpoint is not None and _same_path(png, checkpoint):
+        raise DMError(f"--png would write the picture over the checkpoint {checkpoint}: choose another --checkpoint")
+    check_writable(out, "--out")
+    if png is not None:
+        check_writable(png, "picture")
+    return checkpoint, png
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    return Path(os.path.abspath(a)) == Path(os.path.abspath(b))
+
+
+def condense(req: CondenseRequest) -> dict:
+    options = condense_options(req)
+    checkpoint, png = output_paths(req)
     device = resolve_device(req.device)
     data = load_dataset(req.dataset, req.data_root)
-    checkpoint = req.checkpoint or (req.out.with_suffix(".ckpt") if req.method in ("dm", "dsa") else None)
     synset = make_set(req.method, data, req.ipc, seed=req.seed, device=device, progress=req.progress,
-                      checkpoint=checkpoint, resume=req.resume, **options)
+                      checkpoint=checkpoint, resume=not req.restart, **options)
     synset.save(req.out)
     figures = {"file": str(req.out), "dataset": data.name, "method": req.method, "ipc": req.ipc,
-               "images": len(synset), "seconds": synset.meta.get("seconds")}
-    if req.png:
-        figures["png"] = str(synset.save_grid_png(req.out.with_suffix(".png")))
-    if checkpoint is not None and Path(checkpoint).exists():
-        Path(checkpoint).unlink()  # the finished set supersedes its checkpoint
+               "images": len(synset), "precision": synset.meta.get("precision"), "seconds": synset.meta.get("seconds")}
+    if png is not None:
+        figures["png"] = str(synset.save_grid_png(png))
+    if checkpoint is not None and checkpoint.exists() and not _same_path(checkpoint, req.out):
+        checkpoint.unlink()  # the finished set supersedes its checkpoint
     if synset.meta.get("loss_history"):
         figures["final_loss"] = synset.meta["loss_history"][-1][1]
     return figures
@@ -142,8 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     c.add_argument("--out", type=Path, help="output file (default: <dataset>_<method>_ipc<K>.pt)")
     c.add_argument("--data-root", help="folder holding the datasets (else $DM_DATA_ROOT, else ./data)")
-    c.add_argument("--checkpoint", type=Path, help="checkpoint file (default: the output path with .ckpt)")
-    c.add_argument("--resume", action="store_true", help="continue from the checkpoint if there is one")
+    c.add_argument("--checkpoint", type=Path, help="dm/dsa checkpoint file (default: the output path with .ckpt)")
+    c.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint (the default whenever a matching checkpoint exists)")
+    c.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
     c.add_argument("--png", action="store_true", help="also write an image grid PNG beside the output")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -163,24 +209,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def condense_request(args: argparse.Namespace) -> CondenseRequest:
+    out = args.out or Path(f"{args.dataset.replace(':', '_').replace('/', '_')}_{args.method}_ipc{args.ipc}.pt")
+    return CondenseRequest(args.dataset, args.method, args.ipc, args.iterations, args.lr_img, args.batch_real,
+                           args.model, args.herding_epochs, args.class_chunk, args.precision, args.seed, args.device,
+                           out, args.data_root, args.checkpoint, args.resume, args.restart, args.png,
+                           not args.quiet)
+
+
+def interrupted_message(req) -> str:
+    """What a hard stop (a second Ctrl-C, or one before the loop) leaves behind."""
+    if isinstance(req, CondenseRequest) and req.method in ("dm", "dsa"):
+        checkpoint = req.checkpoint or req.out.with_suffix(".ckpt")
+        if checkpoint.is_file():
+            return f"interrupted; the last checkpoint {checkpoint} holds the run: rerun the same command to continue"
+    return "interrupted; nothing was saved: rerun the command to start again"
+
+
+def _fresh_line(args: argparse.Namespace) -> str:
+    """A progress bar leaves the cursor at the end of its line: start the last message on a line of its own."""
+    return "" if args.quiet else "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     started = time.perf_counter()
+    req = None
     try:
         if args.command == "condense":
-            out = args.out or Path(f"{args.dataset.replace(':', '_').replace('/', '_')}_{args.method}_ipc{args.ipc}.pt")
-            figures = condense(CondenseRequest(
-                args.dataset, args.method, args.ipc, args.iterations, args.lr_img, args.batch_real, args.model,
-                args.herding_epochs, args.class_chunk, args.precision, args.seed, args.device, out, args.data_root, args.checkpoint, args.resume, args.png, not args.quiet))
+            req = condense_request(args)
+            figures = condense(req)
         else:
-            figures = evaluate(EvaluateRequest(args.file, args.dataset, args.model, args.epochs, args.models,
-                                               args.precision, args.augment_groups, args.seed, args.device,
-                                               args.data_root, not args.quiet))
+            req = EvaluateRequest(args.file, args.dataset, args.model, args.epochs, args.models, args.precision,
+                                  args.augment_groups, args.seed, args.device, args.data_root, not args.quiet)
+            figures = evaluate(req)
     except DMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as stop:
+        where = (f"checkpoint saved to {stop.checkpoint}: rerun the same command to continue" if stop.checkpoint
+                 else "nothing was saved: rerun the command to start again")
+        print(f"{_fresh_line(args)}interrupted at iteration {stop.iteration} of {stop.iterations}; {where}",
+              file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print("error: interrupted; rerun with --resume to continue from the last checkpoint", file=sys.stderr)
+        print(f"{_fresh_line(args)}{interrupted_message(req)}", file=sys.stderr)
         return 130
     figures["wall_seconds"] = round(time.perf_counter() - started, 3)
     print(json.dumps(figures))

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import math
 import os
+import signal
+import sys
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +23,14 @@ from .precision import memory_format
 from .synset import SyntheticSet, package_version
 
 CHECKPOINT_FORMAT = "dm_core.checkpoint/1"
+
+
+class Interrupted(KeyboardInterrupt):
+    """A condensation stopped by Ctrl-C at an iteration boundary; ``checkpoint`` (if not None) holds that state."""
+
+    def __init__(self, iteration: int, iterations: int, checkpoint: Path | None):
+        super().__init__(f"interrupted at iteration {iteration} of {iterations}")
+        self.iteration, self.iterations, self.checkpoint = iteration, iterations, checkpoint
 
 
 def resolve_classes(data: ImageDataset, classes: Sequence[int] | None, ipc: int) -> list[int]:
@@ -77,9 +89,12 @@ class Checkpointer:
             raise DMError(f"checkpoint {self.path} is unreadable ({type(exc).__name__}): delete it to start over")
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise DMError(f"{self.path} is not a dm_core checkpoint: delete it or choose another --checkpoint")
-        if state["identity"] != self.identity:
-            raise DMError(f"checkpoint {self.path} belongs to another run ({state['identity']['method']} on "
-                          f"{state['identity']['dataset']}): delete it or drop --resume")
+        if not isinstance(state.get("identity"), dict):
+            raise DMError(f"{self.path} is not a dm_core checkpoint: delete it or choose another --checkpoint")
+        changed = _differences(state["identity"], self.identity)
+        if changed:
+            raise DMError(f"checkpoint {self.path} belongs to another run ({'; '.join(changed[:4])}): use the "
+                          f"same settings to continue it, or --restart to start over")
         return state
 
     def save(self, iteration: int, images: torch.Tensor, optimizer: torch.optim.Optimizer,
@@ -89,6 +104,17 @@ class Checkpointer:
         atomic_torch_save({"format": CHECKPOINT_FORMAT, "identity": self.identity, "iteration": iteration,
                            "images": images.detach().cpu(), "optimizer": optimizer.state_dict(),
                            "generator": generator.get_state(), "history": history}, self.path)
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+    """'name old -> new' for every setting that differs (config fields flattened)."""
+    def flat(identity: dict) -> dict:
+        values = {k: v for k, v in identity.items() if k != "config"}
+        values.update(identity.get("config") or {})
+        return values
+
+    old, new = flat(old), flat(new)
+    return [f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
 def _identity(config) -> dict:
@@ -112,6 +138,7 @@ class Condensation:
         self.history: list[list[float]] = []
         self._running: torch.Tensor | None = None
         self._since_log = 0
+        self._stop_requested = False
         images = initial_images(self.store, self.classes, config.ipc, config.init, self.generator,
                                 data.x_train.shape[1:])
         self.images = images.to(memory_format=memory_format(device, config.precision)).requires_grad_(True)
@@ -122,6 +149,10 @@ class Condensation:
             if checkpoint is None:
                 raise DMError("--resume needs a checkpoint path (--checkpoint FILE)")
             state = self.checkpointer.load()
+            if state is not None and int(state["iteration"]) > config.iterations:
+                raise DMError(f"checkpoint {checkpoint} is at iteration {int(state['iteration'])}, beyond "
+                              f"--iterations {config.iterations}: raise --iterations to at least "
+                              f"{int(state['iteration'])}, or --restart to start over")
             if state is not None:
                 with torch.no_grad():
                     self.images.copy_(state["images"].to(device))
@@ -151,6 +182,29 @@ class Condensation:
             bar.set_postfix(loss=f"{mean_loss:.4g}")
         if done % self.config.checkpoint_every == 0 and done < self.config.iterations:
             self.checkpointer.save(done, self.images, self.optimizer, self.generator, self.history)
+        if self._stop_requested and done < self.config.iterations:
+            self.checkpointer.save(done, self.images, self.optimizer, self.generator, self.history)
+            raise Interrupted(done, self.config.iterations, self.checkpointer.path)
+
+    @contextmanager
+    def interruptible(self):
+        """Within: the first Ctrl-C asks the run to stop at the end of the current iteration, after saving a
+        checkpoint (so the run resumes exactly); a second one stops at once. Only the main thread gets signals."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def request_stop(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+            print("\nstopping after this iteration (Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+        previous = signal.signal(signal.SIGINT, request_stop)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
     def result(self, extra_meta: dict) -> SyntheticSet:
         return finish_set(self.data, self.images, self.classes, self.method, self.started_at,

@@ -70,6 +70,9 @@ class ImageDataset:
         for c in classes:
             if not 0 <= int(c) < self.num_classes:
                 raise DMError(f"class {c} is not in {self.name} (classes 0..{self.num_classes - 1})")
+            if counts[c] == 0:
+                raise DMError(f"class {c} of {self.name} has no training images: labels must run 0..K-1 with "
+                              f"every class present in the training split")
             if counts[c] < ipc:
                 raise DMError(f"ipc {ipc} is more than the {int(counts[c])} training images of class {c} "
                               f"in {self.name}: use ipc <= {int(counts[c])}")
@@ -90,23 +93,52 @@ def _channel_stats(x_uint8: torch.Tensor) -> tuple[tuple[float, ...], tuple[floa
     return tuple(x.mean(dim=(0, 2, 3)).tolist()), tuple(x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
 
 
-def _to_nchw(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+CHANNELS = (1, 3)
+
+
+def _to_nchw(images: np.ndarray | torch.Tensor, what: str = "images") -> torch.Tensor:
+    """N x H x W (grey), N x H x W x C or N x C x H x W with C = 1 or 3; anything else is refused, not guessed."""
     x = torch.as_tensor(np.asarray(images))
     if x.dim() == 3:
         return x.unsqueeze(1)
-    if x.dim() == 4 and x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
-        return x.permute(0, 3, 1, 2).contiguous()
     if x.dim() == 4:
-        return x
-    raise DMError(f"images must be N x H x W, N x H x W x C or N x C x H x W, got shape {tuple(x.shape)}")
+        last, second = x.shape[-1] in CHANNELS, x.shape[1] in CHANNELS
+        if last and not second:
+            return x.permute(0, 3, 1, 2).contiguous()
+        if second:
+            return x
+        raise DMError(f"{what} of shape {tuple(x.shape)} have neither 1 nor 3 channels first or last: give "
+                      f"N x H x W x C or N x C x H x W images with C = 1 (grey) or 3 (RGB)")
+    raise DMError(f"{what} must be N x H x W, N x H x W x C or N x C x H x W, got shape {tuple(x.shape)}")
+
+
+def _labels(y, count: int, what: str) -> torch.Tensor:
+    """Integer class labels 0..K-1, one per image; floats, strings, negatives and other shapes are refused."""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise DMError(f"{what} must be a 1-D array of class indices, got shape {y.shape}")
+    if len(y) != count:
+        raise DMError(f"{what} holds {len(y)} labels for {count} images: give one label per image")
+    if count == 0:
+        raise DMError(f"{what} is empty: each split needs at least one image")
+    if y.dtype.kind not in "iu":
+        raise DMError(f"{what} must hold integer class indices, got {y.dtype} values")
+    if y.min() < 0:
+        raise DMError(f"{what} holds a negative label ({int(y.min())}): labels are class indices 0..K-1")
+    return torch.as_tensor(y.astype(np.int64))
 
 
 def _build(name, x_train, y_train, x_test, y_test, stats=None, class_names=None) -> ImageDataset:
-    x_train, x_test = _to_nchw(x_train), _to_nchw(x_test)
-    y_train = torch.as_tensor(np.asarray(y_train), dtype=torch.long)
-    y_test = torch.as_tensor(np.asarray(y_test), dtype=torch.long)
+    x_train, x_test = _to_nchw(x_train, "x_train"), _to_nchw(x_test, "x_test")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise DMError(f"x_train images are {tuple(x_train.shape[1:])} but x_test images are "
+                      f"{tuple(x_test.shape[1:])}: both splits need one shape")
+    y_train = _labels(y_train, len(x_train), "y_train")
+    y_test = _labels(y_test, len(x_test), "y_test")
     mean, std = stats or _channel_stats(x_train)
     num_classes = int(max(y_train.max(), y_test.max())) + 1
+    if class_names is not None and len(class_names) != num_classes:
+        raise DMError(f"{len(class_names)} class names for labels 0..{num_classes - 1}: give one name per class")
     names = tuple(class_names) if class_names is not None else tuple(str(c) for c in range(num_classes))
     return ImageDataset(name, _normalise(x_train, mean, std), y_train, _normalise(x_test, mean, std), y_test,
                         num_classes, tuple(mean), tuple(std), names)
@@ -159,13 +191,16 @@ def _load_npz(path: Path) -> ImageDataset:
     if not path.is_file():
         raise DMError(f"no array file at {path}: give npz:PATH to a .npz holding x_train, y_train, x_test, y_test")
     try:
-        arrays = np.load(path, allow_pickle=False)
-        parts = [arrays[k] for k in ("x_train", "y_train", "x_test", "y_test")]
-    except (KeyError, ValueError, OSError) as exc:
-        raise DMError(f"{path} is not an array file with x_train, y_train, x_test, y_test ({exc})") from None
+        with np.load(path, allow_pickle=False) as arrays:
+            parts = [arrays[k] for k in ("x_train", "y_train", "x_test", "y_test")]
+            names = [str(s) for s in arrays["class_names"]] if "class_names" in arrays else None
+    except KeyError as exc:
+        raise DMError(f"{path} lacks the array {exc}: give x_train, y_train, x_test, y_test") from None
+    except Exception as exc:  # numpy raises ValueError, OSError, EOFError, zipfile.BadZipFile... on a bad file
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
+        raise DMError(f"{path} is not a readable .npz of x_train, y_train, x_test, y_test ({first})") from None
     if parts[0].dtype != np.uint8 or parts[2].dtype != np.uint8:
         raise DMError(f"{path}: x_train and x_test must be uint8 images (NHWC or NCHW)")
-    names = [str(s) for s in arrays["class_names"]] if "class_names" in arrays else None
     return _build(f"npz:{path}", *parts, class_names=names)
 
 

@@ -141,30 +141,31 @@ def condense_dm(data: ImageDataset, config: DMConfig = DMConfig(), classes: Sequ
     chunk = min(config.class_chunk or auto_class_chunk(device, k_all, n_real, batchnorm), k_all)
     chunks = plan(chunk)
     bar = run.progress_bar(progress)
-    for it in bar:
-        reinit_(net, run.generator)
-        real_index = run.store.sample_indices(run.class_index, n_real, width, run.generator)
-        params = augment.sample_params(k_all, run.generator, device, config.augment) if use_aug else None
-        while True:
-            run.optimizer.zero_grad(set_to_none=True)
-            try:
-                total = iteration(chunks, real_index, params)
-                break
-            except torch.cuda.OutOfMemoryError:
-                # Memory is short: condense fewer classes per forward pass and redo this iteration (not with
-                # BatchNorm, whose whole-batch statistics a smaller pass would change).
-                if batchnorm:
-                    raise DMError(f"out of memory on {device} with all {k_all} classes in one pass, which "
-                                  f"BatchNorm needs: lower --batch-real (now {n_real})") from None
-                if chunk == 1:
-                    raise DMError(f"out of memory on {device} even with one class per pass: lower --batch-real "
-                                  f"(now {n_real})") from None
-                chunk = max(1, chunk // 2)
-                chunks = plan(chunk)
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-                bar.write(f"out of memory: now {chunk} classes per forward pass", file=sys.stderr)
-        run.optimizer.step()
-        run.end_iteration(it + 1, total, bar)
+    with run.interruptible():
+        for it in bar:
+            reinit_(net, run.generator)
+            real_index = run.store.sample_indices(run.class_index, n_real, width, run.generator)
+            params = augment.sample_params(k_all, run.generator, device, config.augment) if use_aug else None
+            while True:
+                run.optimizer.zero_grad(set_to_none=True)
+                try:
+                    total = iteration(chunks, real_index, params)
+                    break
+                except torch.cuda.OutOfMemoryError:
+                    # Memory is short: condense fewer classes per forward pass and redo this iteration (not with
+                    # BatchNorm, whose whole-batch statistics a smaller pass would change).
+                    if batchnorm:
+                        raise DMError(f"out of memory on {device} with all {k_all} classes in one pass, which "
+                                      f"BatchNorm needs: lower --batch-real (now {n_real})") from None
+                    if chunk == 1:
+                        raise DMError(f"out of memory on {device} even with one class per pass: lower --batch-real "
+                                      f"(now {n_real})") from None
+                    chunk = max(1, chunk // 2)
+                    chunks = plan(chunk)
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    bar.write(f"out of memory: now {chunk} classes per forward pass", file=sys.stderr)
+            run.optimizer.step()
+            run.end_iteration(it + 1, total, bar)
     bar.close()
     return run.result({"lr_img": config.image_lr, "batch_real_used": n_real})

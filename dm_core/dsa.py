@@ -115,58 +115,59 @@ def condense_dsa(data: ImageDataset, config: DSAConfig = DSAConfig(), classes: S
     groups_syn = torch.arange(k, device=device).repeat_interleave(config.ipc).view(k, config.ipc)
 
     bar = run.progress_bar(progress)
-    for it in bar:
-        reinit_(net, run.generator)
-        # made per outer iteration from the run's generator, so a resumed run draws what the uninterrupted one did
-        augment_batch = augment.DiffAugment(run.generator, config.augment) if use_aug else None
-        net_optimizer = torch.optim.SGD(weights, lr=config.lr_net)
-        matched = torch.zeros((), device=device)
-        for step in range(outer_loop):
-            real = run.store.images[run.store.sample_indices(run.class_index, n_real, width, run.generator)]
-            if uses_bn:  # statistics of a real batch of all classes, then frozen for the matching
-                with torch.no_grad(), precision_scope(device, config.precision):
-                    net.train()(real.view(k, n_real, *real.shape[1:])[:, :n_bn].flatten(0, 1))
-                net.eval()
-            else:
-                net.train()
-            params = augment.sample_params(k, run.generator, device, config.augment) if use_aug else None
-            loss = torch.zeros((), device=device)
-            # Per-class gradients need one backward pass per class. torch.func.vmap(grad(...)) over classes computes
-            # the same numbers (checked to 4e-7) but measured 3x slower on the CPU, so the loop stays.
-            for i, c in enumerate(run.classes):
-                real_c = real[i * n_real:(i + 1) * n_real]
-                syn_c = run.images[i * config.ipc:(i + 1) * config.ipc]
-                if use_aug:
-                    real_c = augment.apply(real_c, params, groups_real[i])
-                    syn_c = augment.apply(syn_c, params, groups_syn[i])
-                target_real = torch.full((n_real,), c, device=device)
-                target_syn = torch.full((config.ipc,), c, device=device)
-                with precision_scope(device, config.precision):
-                    loss_real = F.cross_entropy(net(real_c).float(), target_real)
-                    grads_real = [g.detach() for g in torch.autograd.grad(loss_real, weights)]
-                    loss_syn = F.cross_entropy(net(syn_c).float(), target_syn)
-                    grads_syn = torch.autograd.grad(loss_syn, weights, create_graph=True)
-                loss = loss + matching_distance(grads_syn, grads_real)
-            run.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            run.optimizer.step()
-            matched += loss.detach() / outer_loop
-            if step == outer_loop - 1:
-                break
-            net.train()
-            synthetic = run.images.detach()
-            for _ in range(inner_loop):  # inner_loop epochs over the (augmented) synthetic set
-                order = torch.randperm(len(synthetic), generator=run.generator, device=device)
-                for idx in order.split(config.batch_train):
-                    xb = synthetic[idx]
+    with run.interruptible():
+        for it in bar:
+            reinit_(net, run.generator)
+            # made per outer iteration from the run's generator, so a resumed run draws what the uninterrupted one did
+            augment_batch = augment.DiffAugment(run.generator, config.augment) if use_aug else None
+            net_optimizer = torch.optim.SGD(weights, lr=config.lr_net)
+            matched = torch.zeros((), device=device)
+            for step in range(outer_loop):
+                real = run.store.images[run.store.sample_indices(run.class_index, n_real, width, run.generator)]
+                if uses_bn:  # statistics of a real batch of all classes, then frozen for the matching
+                    with torch.no_grad(), precision_scope(device, config.precision):
+                        net.train()(real.view(k, n_real, *real.shape[1:])[:, :n_bn].flatten(0, 1))
+                    net.eval()
+                else:
+                    net.train()
+                params = augment.sample_params(k, run.generator, device, config.augment) if use_aug else None
+                loss = torch.zeros((), device=device)
+                # Per-class gradients need one backward pass per class. torch.func.vmap(grad(...)) over classes computes
+                # the same numbers (checked to 4e-7) but measured 3x slower on the CPU, so the loop stays.
+                for i, c in enumerate(run.classes):
+                    real_c = real[i * n_real:(i + 1) * n_real]
+                    syn_c = run.images[i * config.ipc:(i + 1) * config.ipc]
                     if use_aug:
-                        xb = augment_batch(xb)
+                        real_c = augment.apply(real_c, params, groups_real[i])
+                        syn_c = augment.apply(syn_c, params, groups_syn[i])
+                    target_real = torch.full((n_real,), c, device=device)
+                    target_syn = torch.full((config.ipc,), c, device=device)
                     with precision_scope(device, config.precision):
-                        inner_loss = F.cross_entropy(net(xb).float(), labels_syn[idx])
-                    net_optimizer.zero_grad(set_to_none=True)
-                    inner_loss.backward()
-                    net_optimizer.step()
-        run.end_iteration(it + 1, matched, bar)
+                        loss_real = F.cross_entropy(net(real_c).float(), target_real)
+                        grads_real = [g.detach() for g in torch.autograd.grad(loss_real, weights)]
+                        loss_syn = F.cross_entropy(net(syn_c).float(), target_syn)
+                        grads_syn = torch.autograd.grad(loss_syn, weights, create_graph=True)
+                    loss = loss + matching_distance(grads_syn, grads_real)
+                run.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                run.optimizer.step()
+                matched += loss.detach() / outer_loop
+                if step == outer_loop - 1:
+                    break
+                net.train()
+                synthetic = run.images.detach()
+                for _ in range(inner_loop):  # inner_loop epochs over the (augmented) synthetic set
+                    order = torch.randperm(len(synthetic), generator=run.generator, device=device)
+                    for idx in order.split(config.batch_train):
+                        xb = synthetic[idx]
+                        if use_aug:
+                            xb = augment_batch(xb)
+                        with precision_scope(device, config.precision):
+                            inner_loss = F.cross_entropy(net(xb).float(), labels_syn[idx])
+                        net_optimizer.zero_grad(set_to_none=True)
+                        inner_loss.backward()
+                        net_optimizer.step()
+            run.end_iteration(it + 1, matched, bar)
     bar.close()
     return run.result({"lr_img": config.lr_img, "outer_loop": outer_loop, "inner_loop": inner_loop,
                        "batch_real_used": n_real})

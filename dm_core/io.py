@@ -8,12 +8,17 @@ from pathlib import Path
 
 import torch
 
+from .errors import DMError
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to a temp file beside ``path``, fsync it, then rename it over ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise DMError(f"cannot write {path} ({exc.strerror or type(exc).__name__}): choose another path") from None
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the permissions open() would
         with os.fdopen(fd, "wb") as f:
@@ -21,16 +26,58 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise DMError(f"cannot write {path} ({exc.strerror or type(exc).__name__}): choose another "
+                          f"path") from None
         raise
     return path
 
 
-def _umask() -> int:
-    mask = os.umask(0)
+def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
+    """Refuse, before any work, a ``path`` that could not be written at the end: a folder, or a place where no file
+    can be created. Probes with a temp file that it removes at once; creates no folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise DMError(f"{what} {path} is a folder: give a file name")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise DMError(f"cannot write {what} {path}: {folder} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise DMError(f"cannot write {what} {path}: {folder} is not writable ({exc.strerror})") from None
+    return path
+
+
+def _read_umask() -> int:
+    """The process umask, read without changing it (``os.umask`` can only set it, and setting it to read it races
+    with any thread creating a file meanwhile). Linux shows it in /proc; elsewhere it is read once, at import."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _UMASK_AT_IMPORT
+
+
+def _umask_at_import() -> int:
+    mask = os.umask(0o022)  # at import, before the program has threads of its own
     os.umask(mask)
     return mask
+
+
+_UMASK_AT_IMPORT = _umask_at_import()
+
+
+def _umask() -> int:
+    return _read_umask()
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

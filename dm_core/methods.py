@@ -8,6 +8,7 @@ from .data import ImageDataset
 from .dm import DMConfig, condense_dm
 from .dsa import DSAConfig, condense_dsa
 from .errors import DMError
+from .nets import check_model_name
 from .precision import check_precision
 from .select import select_herding, select_random
 from .synset import SyntheticSet
@@ -22,6 +23,33 @@ def _config(cls, ipc: int, seed: int, options: dict):
     if unknown:
         raise DMError(f"unknown option(s) {', '.join(unknown)} for {cls.__name__}: use {', '.join(sorted(names))}")
     return cls(ipc=ipc, seed=seed, **options)
+
+
+def check_options(method: str, ipc: int, seed: int = 0, **options) -> None:
+    """Validate a method's options without any data (bad values fail before data is loaded or work starts)."""
+    options = {k: v for k, v in options.items() if v is not None}
+    if method not in METHODS:
+        raise DMError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    if "model" in options:
+        check_model_name(options["model"])
+    if method == "random":
+        extra = sorted(set(options) - {"precision"})
+        if extra:
+            raise DMError(f"random selection takes no options, got {', '.join(extra)}")
+        check_precision(options.get("precision", "fp32"))
+    elif method == "herding":
+        unknown = sorted(set(options) - set(HERDING_OPTIONS))
+        if unknown:
+            raise DMError(f"unknown option(s) {', '.join(unknown)} for herding: use {', '.join(HERDING_OPTIONS)}")
+        check_precision(options.get("precision", "fp32"))
+        for name in ("epochs", "batch_size"):
+            if name in options and (not isinstance(options[name], int) or options[name] < 1):
+                raise DMError(f"herding {name} must be a positive integer, got {options[name]!r}")
+    else:
+        try:
+            _config(DMConfig if method == "dm" else DSAConfig, ipc, seed, options)
+        except TypeError as exc:  # a value of the wrong type, e.g. a string where a number goes
+            raise DMError(f"bad {method} option: {exc}") from None
 
 
 def make_set(method: str, data: ImageDataset, ipc: int, classes: Sequence[int] | None = None, seed: int = 0,

@@ -245,6 +245,19 @@ def build_model(model: str | ConvNetSpec | tuple, channels: int, num_classes: in
     raise DMError(f"unknown model {model!r}: choose one of {', '.join(MODEL_NAMES)}")
 
 
+def check_model_name(model) -> None:
+    """Fail early (no data needed) on a model name ``build_model`` cannot read."""
+    if isinstance(model, (ConvNetSpec, tuple)):
+        return
+    key = str(model).lower()
+    if key in _OTHER_MODELS:
+        return
+    if key.startswith("convnet"):
+        ConvNetSpec.parse(key)
+        return
+    raise DMError(f"unknown model {model!r}: choose one of {', '.join(MODEL_NAMES)}")
+
+
 def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 

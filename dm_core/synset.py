@@ -78,13 +78,33 @@ class SyntheticSet:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DMError(f"{path} is not a readable synthetic-set file ({first[:120]})") from None
         if isinstance(payload, dict) and payload.get("format") == FORMAT:
-            return cls(payload["images"], payload["labels"], dict(payload.get("meta", {})))
+            return cls.checked(path, payload.get("images"), payload.get("labels"), payload.get("meta", {}))
         if isinstance(payload, dict) and isinstance(payload.get("data"), (list, tuple)) and payload["data"]:
             entry = payload["data"][-1]
             if isinstance(entry, (list, tuple)) and len(entry) == 2 and all(torch.is_tensor(t) for t in entry):
-                return cls(entry[0].float(), entry[1].long(), {"method": "dm-original", "source": str(path)})
+                return cls.checked(path, entry[0], entry[1], {"method": "dm-original", "source": str(path)})
         raise DMError(f"{path} is a torch file but not a synthetic set (expected a dm_core set or the original DM "
                       f"format {{'data': [[images, labels]]}})")
+
+    @classmethod
+    def checked(cls, path: Path, images, labels, meta) -> "SyntheticSet":
+        """A set read from ``path``, refused with one line when any part is missing or unusable."""
+        if not torch.is_tensor(images) or not images.is_floating_point() or images.dim() != 4:
+            raise DMError(f"{path} holds no N x C x H x W float 'images' tensor: it is not a usable synthetic set")
+        if not torch.is_tensor(labels) or labels.is_floating_point() or labels.is_complex() or labels.dim() != 1:
+            raise DMError(f"{path} holds no 1-D integer 'labels' tensor: it is not a usable synthetic set")
+        if len(images) != len(labels) or len(labels) == 0:
+            raise DMError(f"{path} holds {len(images)} images and {len(labels)} labels: a set needs one label per "
+                          f"image and at least one image")
+        if int(labels.min()) < 0:
+            raise DMError(f"{path} holds a negative label ({int(labels.min())}): labels are class indices")
+        if not isinstance(meta, dict):
+            raise DMError(f"{path} has provenance ('meta') of type {type(meta).__name__}, not a dict: the file is "
+                          f"damaged or foreign")
+        if not torch.isfinite(images).all():
+            raise DMError(f"{path} holds non-finite pixels (NaN or inf): the run that made it diverged; make it "
+                          f"again with a lower --lr-img")
+        return cls(images.float(), labels.long(), dict(meta))
 
     def denormalised(self) -> torch.Tensor:
         mean = torch.tensor(self.meta.get("mean", (0.0,) * self.images.shape[1])).view(1, -1, 1, 1)

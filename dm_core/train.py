@@ -149,6 +149,8 @@ def check_compatible(synset: SyntheticSet, data: ImageDataset) -> None:
                       f"{(data.channels, *data.image_size)}: evaluate it on the dataset it was made from")
     if int(synset.labels.max()) >= data.num_classes or int(synset.labels.min()) < 0:
         raise DMError(f"the set's labels go beyond the {data.num_classes} classes of {data.name}")
+    if not torch.isfinite(synset.images).all():
+        raise DMError("the set holds non-finite pixels (NaN or inf): make it again with a lower --lr-img")
 
 
 def evaluate_set(synset: SyntheticSet, data: ImageDataset, model: str = "convnet", n_models: int = 5,
