@@ -6,6 +6,7 @@ Progress goes to stderr; the last stdout line is a JSON object with the figures.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import sys
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from .data import DATASETS, load_dataset
 from .device import resolve_device
+from .distributed import gather_objects, init_from_env, local_device, rank_checkpoint, world
 from .errors import DMError
 from .io import check_writable
 from .augment import GROUP_MODES
@@ -37,6 +39,7 @@ class CondenseRequest:
     herding_epochs: int | None
     class_chunk: int | None
     precision: str
+    options: tuple[tuple[str, object], ...]
     seed: int
     device: str
     out: Path
@@ -92,6 +95,10 @@ def condense_options(req: CondenseRequest) -> dict:
         raise DMError(f"--checkpoint, --resume and --restart apply to dm and dsa; {req.method} keeps no checkpoint")
     if req.resume and req.restart:
         raise DMError("--resume and --restart contradict each other: give one")
+    for key, value in req.options:
+        if key in options and options[key] is not None:
+            raise DMError(f"--option {key}= repeats a value a flag already sets: give it once")
+        options[key] = value
     check_options(req.method, req.ipc, req.seed, **options)
     return options
 
@@ -123,22 +130,29 @@ def _same_path(a: Path, b: Path) -> bool:
     return Path(os.path.abspath(a)) == Path(os.path.abspath(b))
 
 
-def condense(req: CondenseRequest) -> dict:
+def condense(req: CondenseRequest) -> dict | None:
+    """Make the set; under torchrun rank 0 writes it and the others return None."""
     options = condense_options(req)
     checkpoint, png = output_paths(req)
-    device = resolve_device(req.device)
+    device = local_device(resolve_device(req.device))
+    w = init_from_env(device)
     data = load_dataset(req.dataset, req.data_root)
     synset = make_set(req.method, data, req.ipc, seed=req.seed, device=device, progress=req.progress,
                       checkpoint=checkpoint, resume=not req.restart, **options)
-    synset.save(req.out)
-    figures = {"file": str(req.out), "dataset": data.name, "method": req.method, "ipc": req.ipc,
-               "images": len(synset), "precision": synset.meta.get("precision"), "seconds": synset.meta.get("seconds")}
-    if png is not None:
-        figures["png"] = str(synset.save_grid_png(png))
-    if checkpoint is not None and checkpoint.exists() and not _same_path(checkpoint, req.out):
-        checkpoint.unlink()  # the finished set supersedes its checkpoint
-    if synset.meta.get("loss_history"):
-        figures["final_loss"] = synset.meta["loss_history"][-1][1]
+    figures = None
+    if w.is_main:
+        synset.save(req.out)
+        figures = {"file": str(req.out), "dataset": data.name, "method": req.method, "ipc": req.ipc,
+                   "images": len(synset), "precision": synset.meta.get("precision"),
+                   "seconds": synset.meta.get("seconds"), **({"world_size": w.size} if w.sharded else {})}
+        if png is not None:
+            figures["png"] = str(synset.save_grid_png(png))
+        if synset.meta.get("loss_history"):
+            figures["final_loss"] = synset.meta["loss_history"][-1][1]
+    gather_objects(None)  # every rank waits until the set is written before its checkpoint goes
+    mine = rank_checkpoint(checkpoint, w)
+    if mine is not None and mine.exists() and not _same_path(mine, req.out):
+        mine.unlink()  # the finished set supersedes its checkpoint
     return figures
 
 
@@ -147,7 +161,8 @@ def evaluate(req: EvaluateRequest) -> dict:
     dataset = req.dataset or synset.meta.get("dataset")
     if not dataset:
         raise DMError(f"{req.file} does not say which dataset it was made from: pass --dataset")
-    device = resolve_device(req.device)
+    device = local_device(resolve_device(req.device))
+    w = init_from_env(device)
     data = load_dataset(dataset, req.data_root)
     config = TrainConfig(epochs=req.epochs, precision=req.precision, augment_groups=req.augment_groups)
     result = evaluate_set(synset, data, req.model, req.models, config, req.seed, device, req.progress)
@@ -155,7 +170,20 @@ def evaluate(req: EvaluateRequest) -> dict:
             "ipc": synset.meta.get("ipc"), "model": req.model, "epochs": req.epochs, "models": req.models,
             "precision": req.precision, "augment_groups": req.augment_groups,
             "mean": round(result.mean, 3), "std": round(result.std, 3),
-            "accuracies": [round(a, 3) for a in result.accuracies], "seconds": round(result.seconds, 3)}
+            "accuracies": [round(a, 3) for a in result.accuracies], "seconds": round(result.seconds, 3),
+            **({"world_size": w.size} if w.sharded else {})} if w.is_main else None
+
+
+def _option(text: str) -> tuple[str, object]:
+    """KEY=VALUE, VALUE read as a Python literal when it is one (64, 0.5, None, 'x'), else kept as text."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip() or not key.strip().isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. checkpoint_every=100), got {text!r}")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    return key.strip(), value
 
 
 def _positive(text: str) -> int:
@@ -182,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--herding-epochs", type=_positive, help="herding: epochs of the feature network (default 30)")
     c.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (the reference's) or bf16 autocast (faster on recent hardware; not the reported default)")
+    c.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="any field of the method's configuration, e.g. init=noise, checkpoint_every=100, "
+                        "outer_loop=5 (repeatable)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     c.add_argument("--out", type=Path, help="output file (default: <dataset>_<method>_ipc<K>.pt)")
@@ -212,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
 def condense_request(args: argparse.Namespace) -> CondenseRequest:
     out = args.out or Path(f"{args.dataset.replace(':', '_').replace('/', '_')}_{args.method}_ipc{args.ipc}.pt")
     return CondenseRequest(args.dataset, args.method, args.ipc, args.iterations, args.lr_img, args.batch_real,
-                           args.model, args.herding_epochs, args.class_chunk, args.precision, args.seed, args.device,
+                           args.model, args.herding_epochs, args.class_chunk, args.precision, tuple(args.option),
+                           args.seed, args.device,
                            out, args.data_root, args.checkpoint, args.resume, args.restart, args.png,
                            not args.quiet)
 
@@ -244,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
                                   args.augment_groups, args.seed, args.device, args.data_root, not args.quiet)
             figures = evaluate(req)
     except DMError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if world().is_main:  # under torchrun, one line from rank 0 (the other ranks meet the same error)
+            print(f"error: {exc}", file=sys.stderr)
         return 2
     except Interrupted as stop:
         where = (f"checkpoint saved to {stop.checkpoint}: rerun the same command to continue" if stop.checkpoint
@@ -255,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{_fresh_line(args)}{interrupted_message(req)}", file=sys.stderr)
         return 130
+    if figures is None:  # a rank other than 0: rank 0 reports
+        return 0
     figures["wall_seconds"] = round(time.perf_counter() - started, 3)
     print(json.dumps(figures))
     return 0

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .data import ClassStore, ImageDataset
 from .device import make_generator
+from .distributed import all_sum, world
 from .errors import DMError
 from .io import atomic_torch_save
 from .precision import memory_format
@@ -160,6 +161,8 @@ class Condensation:
                 self.generator.set_state(state["generator"])
                 self.history = [list(h) for h in state["history"]]
                 self.start = int(state["iteration"])
+                if world().is_main:
+                    print(f"resuming from {self.checkpointer.path} at iteration {self.start}", file=sys.stderr)
         self.started_at = time.perf_counter()
 
     def progress_bar(self, progress: bool):
@@ -173,7 +176,7 @@ class Condensation:
         self._running = loss.detach() if self._running is None else self._running + loss.detach()
         self._since_log += 1
         if done % self.config.log_every == 0 or done == self.config.iterations:
-            mean_loss = float(self._running) / self._since_log
+            mean_loss = float(all_sum(self._running)) / self._since_log  # summed over ranks when sharded
             self._running, self._since_log = None, 0
             if not math.isfinite(mean_loss):
                 raise DMError(f"{self.method} loss became {mean_loss} by iteration {done}: lower the image "
@@ -187,10 +190,12 @@ class Condensation:
             raise Interrupted(done, self.config.iterations, self.checkpointer.path)
 
     @contextmanager
-    def interruptible(self):
+    def interruptible(self, enabled: bool = True):
         """Within: the first Ctrl-C asks the run to stop at the end of the current iteration, after saving a
-        checkpoint (so the run resumes exactly); a second one stops at once. Only the main thread gets signals."""
-        if threading.current_thread() is not threading.main_thread():
+        checkpoint (so the run resumes exactly); a second one stops at once. Only the main thread gets signals; under
+        torch.distributed the ranks would stop at different iterations, so there a Ctrl-C stops at once and the
+        periodic per-rank checkpoints hold the run."""
+        if not enabled or threading.current_thread() is not threading.main_thread():
             yield
             return
 

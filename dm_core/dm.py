@@ -2,12 +2,16 @@
 
 One iteration, for all classes at once:
   re-initialise the embedding network in place (fresh random weights, no training)
-  draw one augmentation per class and a real batch per class (device-side, no host work)
+  draw a real batch per class and one augmentation per class (its group on the host, its parameters on the device)
+  order the classes by augmentation group, so each group drawn is computed once, on the classes that drew it
   embed every real image in ONE forward pass (no grad) and every synthetic image in ONE forward pass
   loss = sum_c || mean real embedding_c - mean synthetic embedding_c ||^2, one SGD step on the synthetic images.
 The only Python loop is over class chunks, used when ``class_chunk`` asks to bound memory or when a pass runs out
 of memory (the chunk is then halved and the iteration redone). Networks with BatchNorm always take every class in
 one pass, so their statistics are those of the whole batch (PROTOCOL.md section 1); chunking them is refused.
+The loss is a sum over classes and each class's gradient lands on its own images, so neither the order of the classes
+nor their chunking changes the maths. Speed (benchmarks/speed.py): channels_last on the CPU, and the embedding
+compiled where that pays (dm_core/compile.py).
 """
 from __future__ import annotations
 
@@ -17,12 +21,15 @@ import sys
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from . import augment
+from .compile import architecture_key, check_compile, compiled, forward_flops, give_up, should_compile
 from .condense import Condensation
 from .data import ImageDataset
 from .device import resolve_device
+from .distributed import World, gather_rows, rank_checkpoint, shard_blocks, world
 from .errors import DMError
 from .nets import build_model, has_batchnorm, reinit_
 from .precision import check_precision, memory_format, precision_scope
@@ -41,6 +48,7 @@ class DMConfig:
     augment: str = augment.DEFAULT_STRATEGY  # "none" turns augmentation off
     class_chunk: int | None = None  # classes per forward pass; None = auto (see auto_class_chunk)
     precision: str = "fp32"  # or "bf16" (autocast), an explicit option
+    compile: str = "auto"  # torch.compile the embedding: "auto" where it pays (dm_core/compile.py), "on", "off"
     checkpoint_every: int = 500
     log_every: int = 50
 
@@ -53,6 +61,7 @@ class DMConfig:
         if self.lr_img is not None and not (self.lr_img > 0 and math.isfinite(self.lr_img)):
             raise DMError(f"the image learning rate must be a positive number, got {self.lr_img}")
         check_precision(self.precision)
+        check_compile(self.compile)
 
     @property
     def image_lr(self) -> float:
@@ -82,15 +91,35 @@ def class_means(embedding: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 
 def dm_loss(net, real: torch.Tensor, synthetic: torch.Tensor, num_classes: int,
-            real_aug=None, syn_aug=None) -> torch.Tensor:
+            real_aug=None, syn_aug=None, real_embed=None, syn_embed=None) -> torch.Tensor:
     """The batched DM loss: images grouped by class, classes in the same order in both batches.
 
-    ``real_aug`` / ``syn_aug`` map a batch to its augmented version (the same draw per class on both sides).
+    ``real_aug`` / ``syn_aug`` map a batch to its augmented version (the same draw per class on both sides);
+    ``real_embed(net, x)`` / ``syn_embed(net, x)`` compute the embeddings (default ``net.embed(x)``; DM passes
+    compiled ones where that pays).
     """
     with torch.no_grad():
-        real_mean = class_means(net.embed(real_aug(real) if real_aug else real), num_classes)
-    syn_mean = class_means(net.embed(syn_aug(synthetic) if syn_aug else synthetic), num_classes)
+        real_mean = class_means((real_embed or embedding)(net, real_aug(real) if real_aug else real), num_classes)
+    syn_mean = class_means((syn_embed or embedding)(net, syn_aug(synthetic) if syn_aug else synthetic), num_classes)
     return (real_mean - syn_mean).pow(2).sum()
+
+
+def embedding(net, x: torch.Tensor) -> torch.Tensor:
+    return net.embed(x)
+
+
+def dm_memory_format(device: torch.device, precision: str) -> torch.memory_format:
+    """channels_last on the CPU: a DM iteration measured 1.3 to 1.45x faster with it there (benchmarks/speed.py;
+    oneDNN convolves NHWC without reordering, and average pooling is far cheaper on NHWC); elsewhere the run's
+    format (``precision.memory_format``)."""
+    return torch.channels_last if device.type == "cpu" else memory_format(device, precision)
+
+
+def groups_generator(seed: int, iteration: int) -> torch.Generator:
+    """The CPU generator of one iteration's augmentation groups: a function of (seed, iteration) only, so a resumed
+    run draws the groups the uninterrupted one did, and knowing them never waits on a device."""
+    state = np.random.SeedSequence([int(seed), int(iteration)]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state >> np.uint64(1)))
 
 
 def condense_dm(data: ImageDataset, config: DMConfig = DMConfig(), classes: Sequence[int] | None = None,
@@ -98,11 +127,16 @@ def condense_dm(data: ImageDataset, config: DMConfig = DMConfig(), classes: Sequ
                 resume: bool = False, progress: bool = True) -> SyntheticSet:
     """Learn ``config.ipc`` synthetic images for each class of ``classes`` (all classes by default)."""
     device = resolve_device(device)
-    run = Condensation("dm", data, config, classes, device, config.image_lr, checkpoint, resume)
+    w = world()
+    run = Condensation("dm", data, config, classes, device, config.image_lr, rank_checkpoint(checkpoint, w), resume)
     k_all = len(run.classes)
+    # Under torch.distributed each rank condenses a contiguous block of classes; every rank still makes every random
+    # draw of the run, so a class's draws (and the fresh network) do not depend on where it is condensed.
+    mine = shard_blocks(k_all, w)
     n_real = min(config.batch_real, int(run.store.counts[run.classes].min()))
     width = int(run.store.counts[run.classes].max())
-    fmt = memory_format(device, config.precision)
+    fmt = dm_memory_format(device, config.precision)
+    run.store.images = run.store.images.contiguous(memory_format=fmt)  # indexing keeps the format: no copy per pass
     net = build_model(config.model, data.channels, data.num_classes, data.image_size)
     net = net.to(device, memory_format=fmt).train().requires_grad_(False)  # frozen: only the images learn
     use_aug = config.augment != "none"
@@ -111,45 +145,74 @@ def condense_dm(data: ImageDataset, config: DMConfig = DMConfig(), classes: Sequ
         raise DMError(f"{config.model} has BatchNorm, whose statistics span every class of a pass, so condensing "
                       f"{config.class_chunk} of {k_all} classes per pass would change the result: drop "
                       f"--class-chunk (lower --batch-real to save memory)")
+    if batchnorm and w.sharded:
+        raise DMError(f"{config.model} has BatchNorm, whose statistics span every class of a pass, so it cannot be "
+                      f"split over {w.size} processes: run it in one process")
 
-    def plan(chunk: int) -> list[tuple]:
-        """Per chunk of classes: its slice, and the chunk-local class of each real and each synthetic sample
-        (sample i of a batch grouped by class uses the augmentation draw of its class)."""
-        chunks = [slice(s, min(s + chunk, k_all)) for s in range(0, k_all, chunk)]
-        return [(c, torch.arange(c.stop - c.start, device=device).repeat_interleave(n_real),
-                 torch.arange(c.stop - c.start, device=device).repeat_interleave(config.ipc)) for c in chunks]
+    def plan(params, chunk: int) -> list[list[int]]:
+        """This rank's classes in chunks, ordered by augmentation group when there is augmentation (so that one
+        ``apply_runs`` call covers each group of a chunk)."""
+        order = list(mine)
+        if params is not None:
+            order = [mine.start + i for i in augment.order_by_group(params.take(slice(mine.start, mine.stop)))]
+        return [order[s:s + chunk] for s in range(0, len(order), chunk)]
 
-    def iteration(chunks: list[tuple], real_index: torch.Tensor, params) -> torch.Tensor:
+    def embed_key(side: str, k: int) -> tuple:
+        per_class = n_real if side == "real" else config.ipc
+        return ("dm", side, architecture_key(net), (k * per_class, *data.x_train.shape[1:]), device.type,
+                config.precision, str(fmt))
+
+    def embed_keys(chunk: int) -> list[tuple]:
+        """One compiled graph per pass: real and synthetic passes of a full chunk and of a short last one."""
+        return [embed_key(side, k) for k in sorted({chunk, len(mine) % chunk} - {0}) for side in ("real", "syn")]
+
+    def iteration(chunks: list[list[int]], real_index: torch.Tensor, params, compiling: bool) -> torch.Tensor:
         """Forward and backward over the chunks; the random draws were made for all classes beforehand, so how the
-        classes are chunked changes memory use, not the maths."""
+        classes are ordered and chunked changes memory use, not the maths."""
         total = None
-        for c, g_real, g_syn in chunks:
-            k = c.stop - c.start
-            real = run.store.images[real_index[c.start * n_real:c.stop * n_real]]
-            syn = run.images[c.start * config.ipc:c.stop * config.ipc]
+        for classes in chunks:
+            k = len(classes)
+            if classes == list(range(classes[0], classes[0] + k)):  # consecutive classes: slices, no gather
+                rows = slice(classes[0], classes[0] + k)
+            else:
+                rows = torch.tensor(classes).to(device, non_blocking=True)
+            real = run.store.images[real_index.view(k_all, n_real)[rows].flatten()]
+            syn = run.images.view(k_all, config.ipc, *run.images.shape[1:])[rows].flatten(0, 1)
             real_aug = syn_aug = None
             if params is not None:
-                p = params.take(c)
-                real_aug = lambda x, p=p, g=g_real: augment.apply(x, p, g)  # noqa: E731
-                syn_aug = lambda x, p=p, g=g_syn: augment.apply(x, p, g)  # noqa: E731
+                p = augment.AugmentParams(params.op[classes], params.u[rows])
+                real_aug = lambda x, p=p: augment.apply_runs(x, p, n_real).contiguous(memory_format=fmt)  # noqa
+                syn_aug = lambda x, p=p: augment.apply_runs(x, p, config.ipc).contiguous(memory_format=fmt)  # noqa
+            real_embed = syn_embed = None
+            if compiling:
+                real_embed, syn_embed = compiled(embedding, embed_key("real", k)), compiled(embedding,
+                                                                                            embed_key("syn", k))
             with precision_scope(device, config.precision):
-                loss = dm_loss(net, real.contiguous(memory_format=fmt), syn, k, real_aug, syn_aug)
+                loss = dm_loss(net, real, syn.contiguous(memory_format=fmt), k, real_aug, syn_aug, real_embed,
+                               syn_embed)
             loss.backward()  # chunks accumulate their (independent) gradients; one optimiser step follows
             total = loss.detach() if total is None else total + loss.detach()
         return total
 
-    chunk = min(config.class_chunk or auto_class_chunk(device, k_all, n_real, batchnorm), k_all)
-    chunks = plan(chunk)
-    bar = run.progress_bar(progress)
-    with run.interruptible():
+    chunk = min(config.class_chunk or auto_class_chunk(device, k_all, n_real, batchnorm), len(mine))
+    # compile where it pays: FLOPs of the iterations ahead (a synthetic image costs a forward and a backward pass)
+    flops = forward_flops(net, tuple(data.x_train.shape[1:]), device) * len(mine) * (n_real + 3 * config.ipc)
+    compiling = should_compile(config.compile, device, embed_keys(chunk), flops * (config.iterations - run.start))
+    proven = False  # the compiled graphs have run once
+    bar = run.progress_bar(progress and w.is_main)
+    with run.interruptible(enabled=not w.sharded):
         for it in bar:
             reinit_(net, run.generator)
             real_index = run.store.sample_indices(run.class_index, n_real, width, run.generator)
-            params = augment.sample_params(k_all, run.generator, device, config.augment) if use_aug else None
+            params = None
+            if use_aug:
+                params = augment.sample_params(k_all, run.generator, device, config.augment,
+                                               host=groups_generator(config.seed, it))
             while True:
                 run.optimizer.zero_grad(set_to_none=True)
                 try:
-                    total = iteration(chunks, real_index, params)
+                    total = iteration(plan(params, chunk), real_index, params, compiling)
+                    proven = proven or compiling
                     break
                 except torch.cuda.OutOfMemoryError:
                     # Memory is short: condense fewer classes per forward pass and redo this iteration (not with
@@ -157,15 +220,27 @@ def condense_dm(data: ImageDataset, config: DMConfig = DMConfig(), classes: Sequ
                     if batchnorm:
                         raise DMError(f"out of memory on {device} with all {k_all} classes in one pass, which "
                                       f"BatchNorm needs: lower --batch-real (now {n_real})") from None
+                    if w.sharded:
+                        raise DMError(f"out of memory on {device}: lower --batch-real (now {n_real}) or start more "
+                                      f"processes") from None
                     if chunk == 1:
                         raise DMError(f"out of memory on {device} even with one class per pass: lower --batch-real "
                                       f"(now {n_real})") from None
                     chunk = max(1, chunk // 2)
-                    chunks = plan(chunk)
                     if device.type == "cuda":
                         torch.cuda.empty_cache()
                     bar.write(f"out of memory: now {chunk} classes per forward pass", file=sys.stderr)
+                except Exception as exc:  # a compile that fails at its first call: "auto" carries on eagerly
+                    if not compiling or proven:
+                        raise
+                    give_up(embed_keys(chunk)[0], exc, config.compile)
+                    compiling = False
             run.optimizer.step()
             run.end_iteration(it + 1, total, bar)
     bar.close()
-    return run.result({"lr_img": config.image_lr, "batch_real_used": n_real})
+    if w.sharded:  # every rank owns the rows of its classes; all ranks end with the whole set
+        owned = [shard_blocks(k_all, World(r, w.size)) for r in range(w.size)]
+        with torch.no_grad():
+            run.images.copy_(gather_rows(run.images, [range(b.start * config.ipc, b.stop * config.ipc)
+                                                      for b in owned]))
+    return run.result({"lr_img": config.image_lr, "batch_real_used": n_real, "world_size": w.size})

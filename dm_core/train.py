@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -17,8 +17,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import augment
+from .compile import architecture_key, check_compile, compiled, forward_flops, give_up, should_compile
 from .data import ImageDataset
 from .device import make_generator, resolve_device
+from .distributed import gather_objects, shard_blocks, world
 from .errors import DMError
 from .nets import build_model, reinit_
 from .precision import check_precision, memory_format, precision_scope
@@ -37,6 +39,7 @@ class TrainConfig:
     augment_groups: str = "batch"  # one op group per mini-batch, per-sample parameters (reference); or "sample"
     iterations: int | None = None  # if set: exactly this many SGD steps (lr decay at half), epochs ignored
     precision: str = "fp32"  # or "bf16" (autocast), an explicit option
+    compile: str = "auto"  # torch.compile the forward pass: "auto" where it pays (dm_core/compile.py), "on", "off"
 
     def __post_init__(self):
         if self.epochs < 1 or self.batch_size < 1 or (self.iterations is not None and self.iterations < 1):
@@ -46,6 +49,7 @@ class TrainConfig:
             raise DMError(f"training needs lr > 0, momentum >= 0 and weight_decay >= 0 (got {self.lr}, "
                           f"{self.momentum}, {self.weight_decay})")
         check_precision(self.precision)
+        check_compile(self.compile)
         augment.DiffAugment.check_groups(self.augment_groups)
 
     def schedule(self, num_samples: int) -> tuple[int, int, int]:
@@ -55,6 +59,30 @@ class TrainConfig:
             return per_epoch, self.iterations, self.iterations // 2
         decay = self.decay_epochs if self.decay_epochs is not None else self.epochs // 2
         return per_epoch, self.epochs * per_epoch, decay * per_epoch
+
+
+def forward_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """What a training step differentiates (compiled per architecture and batch shape where that pays)."""
+    return F.cross_entropy(model(x).float(), y)
+
+
+def step_keys(model: nn.Module, x: torch.Tensor, config: TrainConfig, device: torch.device) -> list[tuple]:
+    """One compiled graph per batch shape a training run meets: the full batch and, if any, the short last one."""
+    sizes = {min(config.batch_size, len(x)), len(x) % config.batch_size} - {0}
+    fmt = memory_format(device, config.precision)
+    return [("train", architecture_key(model), (n, *x.shape[1:]), str(x.dtype), device.type, config.precision,
+             str(fmt)) for n in sorted(sizes)]
+
+
+def compile_pays(model: nn.Module, x: torch.Tensor, config: TrainConfig, device: torch.device,
+                 runs: int = 1) -> bool:
+    """Whether ``runs`` trainings of networks like ``model`` on (x, .) are faster compiled, compile time included
+    (a forward and backward pass cost about 3 forward passes)."""
+    if config.compile == "off":
+        return False
+    _, total, _ = config.schedule(len(x))
+    flops = 3 * forward_flops(model, tuple(x.shape[1:]), device) * min(config.batch_size, len(x)) * total * runs
+    return should_compile(config.compile, device, step_keys(model, x, config, device), flops)
 
 
 def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: TrainConfig = TrainConfig(),
@@ -77,6 +105,9 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Trai
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     per_epoch, total, decay_at = config.schedule(len(x))
+    keys = {key[2][0]: key for key in step_keys(model, x, config, device)}
+    compiling = compile_pays(model, x, config, device)
+    proven = set()  # batch sizes whose compiled graph has run forward and backward once
     order = None
     for step in tqdm(range(total), desc="train", disable=not progress, leave=False, dynamic_ncols=True):
         within = step % per_epoch
@@ -89,10 +120,21 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Trai
         xb = x[idx]
         if config.augment:
             xb = augment_batch(xb)
-        with precision_scope(device, config.precision):
-            loss = F.cross_entropy(model(xb).float(), y[idx])
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        try:
+            with precision_scope(device, config.precision):
+                loss = (compiled(forward_loss, keys[len(idx)]) if compiling else forward_loss)(model, xb, y[idx])
+            loss.backward()
+        except Exception as exc:  # a compile that fails at its first call: "auto" carries on eagerly
+            if not compiling or len(idx) in proven:
+                raise
+            give_up(keys[len(idx)], exc, config.compile)
+            compiling = False
+            optimizer.zero_grad(set_to_none=True)
+            with precision_scope(device, config.precision):
+                loss = forward_loss(model, xb, y[idx])
+            loss.backward()
+        proven.add(len(idx))
         optimizer.step()
         if on_epoch is not None and within == per_epoch - 1:
             on_epoch((step + 1) // per_epoch, model)
@@ -156,12 +198,26 @@ def check_compatible(synset: SyntheticSet, data: ImageDataset) -> None:
 def evaluate_set(synset: SyntheticSet, data: ImageDataset, model: str = "convnet", n_models: int = 5,
                  config: TrainConfig = TrainConfig(), seed: int = 0, device: str | torch.device = "auto",
                  progress: bool = True) -> EvalResult:
-    """Train ``n_models`` fresh networks (seeds seed..seed+n-1) on the set; test each; mean and std in percent."""
+    """Train ``n_models`` fresh networks (seeds seed..seed+n-1) on the set; test each; mean and std in percent.
+
+    Under torch.distributed, rank r trains models r, r + world, ... and the accuracies are gathered in model order,
+    so every rank returns what one process would.
+    """
     check_compatible(synset, data)
     device = resolve_device(device)
     started = time.perf_counter()
-    accuracies = []
-    for i in tqdm(range(n_models), desc=f"evaluate {model}", disable=not progress, dynamic_ncols=True):
-        accuracies.append(100 * train_and_test(synset.images, synset.labels, data, model, config, seed + i, device))
+    w = world()
+    shard_blocks(n_models, w)  # refuses more processes than models
+    mine = range(w.rank, n_models, w.size)
+    if config.compile == "auto":  # decided once for all the models: compiling may pay only over several of them
+        probe = fresh_model(model, data, seed, device)
+        pays = compile_pays(probe, synset.images, config, device, runs=len(mine))
+        config = replace(config, compile="on" if pays else "off")
+    accuracies = {}
+    for i in tqdm(mine, desc=f"evaluate {model}", disable=not (progress and w.is_main), dynamic_ncols=True):
+        accuracies[i] = 100 * train_and_test(synset.images, synset.labels, data, model, config, seed + i, device)
+    for part in gather_objects(accuracies):
+        accuracies.update(part)
+    accuracies = [accuracies[i] for i in range(n_models)]
     std = statistics.pstdev(accuracies) if len(accuracies) > 1 else 0.0
     return EvalResult(statistics.fmean(accuracies), std, accuracies, time.perf_counter() - started)

@@ -1,0 +1,142 @@
+"""torchrun: 2 CPU processes with gloo give the one-process set and the one-process accuracies.
+
+Each launch runs in a network namespace of its own (``unshare --net`` with only the loopback interface up), so the
+rendezvous store and gloo's connections cannot be reached from, or reach, anything outside this machine. Where
+``unshare`` is not allowed the launch falls back to 127.0.0.1 and GLOO_SOCKET_IFNAME=lo.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_DM = ["condense", "--dataset", "digits", "--method", "dm", "--ipc", "2", "--iterations", "12", "--batch-real",
+            "16", "--model", "convnet-w16", "--device", "cpu", "--quiet"]
+
+
+def _namespace_works() -> bool:
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return False
+    probe = subprocess.run(["unshare", "--net", "ip", "link", "set", "lo", "up"], capture_output=True)
+    return probe.returncode == 0
+
+
+NAMESPACE = _namespace_works()
+
+
+def env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo",
+            "DM_DIST_TIMEOUT": "120"}
+
+
+def launch(nproc: int, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    run = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
+           "127.0.0.1", "--master-port", "29531", "-m", "dm_core", *args]
+    if NAMESPACE:
+        command = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *run]
+    else:
+        command = run
+    return subprocess.run(command, cwd=cwd, env=env(), capture_output=True, text=True, timeout=600)
+
+
+def single(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dm_core", *args], cwd=cwd, env=env(), capture_output=True,
+                          text=True, timeout=600)
+
+
+def last_json(proc) -> dict:
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_sharded_condensation_and_evaluation_equal_one_process(tmp_path):
+    one = single(SMALL_DM + ["--out", "one.pt"], tmp_path)
+    assert one.returncode == 0, one.stderr
+    two = launch(2, SMALL_DM + ["--out", "two.pt"], tmp_path)
+    assert two.returncode == 0, two.stderr
+    assert len(two.stdout.strip().splitlines()) == 1  # rank 0 alone reports
+    a = torch.load(tmp_path / "one.pt", weights_only=True)
+    b = torch.load(tmp_path / "two.pt", weights_only=True)
+    assert (a["images"] - b["images"]).abs().max() <= 1e-6
+    assert torch.equal(a["labels"], b["labels"])
+    assert b["meta"]["world_size"] == 2 and a["meta"]["world_size"] == 1 and last_json(two)["world_size"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.pt", "two.pt"]  # per-rank checkpoints removed
+
+    evaluate = ["evaluate", "one.pt", "--epochs", "3", "--models", "3", "--model", "convnet-d1-w8", "--device", "cpu",
+                "--quiet"]
+    e1, e2 = single(evaluate, tmp_path), launch(2, evaluate, tmp_path)
+    assert e1.returncode == 0 and e2.returncode == 0, e1.stderr + e2.stderr
+    assert last_json(e1)["accuracies"] == last_json(e2)["accuracies"]
+    assert last_json(e1)["mean"] == last_json(e2)["mean"] and last_json(e1)["std"] == last_json(e2)["std"]
+
+
+def test_more_processes_than_classes_and_batchnorm_are_refused_on_rank_0(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "two.npz", x_train=rng.integers(0, 255, (8, 8, 8), dtype=np.uint8), y_train=np.arange(8) % 2,
+             x_test=rng.integers(0, 255, (4, 8, 8), dtype=np.uint8), y_test=np.arange(4) % 2)
+    args = ["condense", "--dataset", f"npz:{tmp_path / 'two.npz'}", "--method", "dm", "--ipc", "1", "--iterations",
+            "2", "--batch-real", "2", "--model", "convnet-d1-w8", "--device", "cpu", "--out", "s.pt", "--quiet"]
+    many = launch(3, args, tmp_path)
+    assert many.returncode != 0
+    errors = [line for line in many.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: 3 processes for 2 classes (or models): start at most 2 processes"], many.stderr
+    bn = launch(2, [a if a != "convnet-d1-w8" else "convnetbn-w8" for a in args], tmp_path)
+    errors = [line for line in bn.stderr.splitlines() if line.startswith("error:")]
+    assert bn.returncode != 0 and len(errors) == 1 and "BatchNorm" in errors[0], bn.stderr
+    assert not (tmp_path / "s.pt").exists()
+
+
+@pytest.mark.skipif(not NAMESPACE, reason="needs unshare --net (root) to prove the traffic stays inside")
+def test_launch_has_no_interface_but_loopback(tmp_path):
+    probe = subprocess.run(["unshare", "--net", "sh", "-c", "ip link set lo up && ip -o addr"], capture_output=True,
+                           text=True)
+    addresses = [line.split()[3] for line in probe.stdout.splitlines()]
+    assert addresses and all(a.startswith(("127.", "::1")) for a in addresses)
+
+
+def kill_everything_in(folder: Path) -> None:
+    """SIGKILL every process working in ``folder``: torchrun and its workers (which run in sessions of their own)."""
+    import signal
+
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if Path(os.readlink(entry / "cwd")) == folder:
+                    os.kill(int(entry.name), signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def test_killed_sharded_run_resumes_from_per_rank_checkpoints(tmp_path):
+    import time
+
+    args = ["condense", "--dataset", "digits", "--method", "dm", "--ipc", "1", "--iterations", "800",
+            "--batch-real", "4", "--model", "convnet-d1-w8", "--device", "cpu", "--option", "checkpoint_every=20",
+            "--out", "s.pt", "--quiet"]
+    run = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", "29532", "-m", "dm_core", *args]
+    command = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *run] if NAMESPACE else run
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    ranks = [tmp_path / "s.rank0-of-2.ckpt", tmp_path / "s.rank1-of-2.ckpt"]
+    deadline = time.time() + 300
+    while not all(p.exists() for p in ranks) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    kill_everything_in(tmp_path)  # the whole job dies at once, as on a lost node
+    proc.wait(60)
+    assert all(p.exists() for p in ranks) and not (tmp_path / "s.pt").exists()
+    resumed = subprocess.run(command, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr and not any(p.exists() for p in ranks)
+    straight = single(args[:-3] + ["--out", "straight.pt", "--quiet"], tmp_path)
+    assert straight.returncode == 0, straight.stderr
+    a = torch.load(tmp_path / "s.pt", weights_only=True)["images"]
+    b = torch.load(tmp_path / "straight.pt", weights_only=True)["images"]
+    assert (a - b).abs().max() <= 1e-6
