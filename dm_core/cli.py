@@ -21,7 +21,7 @@ from .errors import DMError
 from .io import check_writable
 from .augment import GROUP_MODES
 from .condense import Interrupted
-from .methods import METHODS, check_options, make_set
+from .methods import CONDENSERS, METHODS, check_options, make_set
 from .precision import PRECISIONS
 from .synset import SyntheticSet
 from .train import TrainConfig, evaluate_set
@@ -71,13 +71,14 @@ def condense_options(req: CondenseRequest) -> dict:
     if req.method not in METHODS:
         raise DMError(f"unknown method {req.method!r}: choose one of {', '.join(METHODS)}")
     options = {"model": req.model}
-    if req.method in ("dm", "dsa"):
+    if req.method in CONDENSERS:
         options.update(iterations=req.iterations, lr_img=req.lr_img, batch_real=req.batch_real)
     elif req.iterations is not None or req.lr_img is not None or req.batch_real is not None:
-        raise DMError(f"--iterations, --lr-img and --batch-real apply to dm and dsa, not {req.method}")
+        raise DMError(f"--iterations, --lr-img and --batch-real apply to {', '.join(CONDENSERS)}, not {req.method}")
     if req.class_chunk is not None:
-        if req.method != "dm":
-            raise DMError(f"--class-chunk applies to dm, not {req.method}")
+        chunked = [m for m, config in CONDENSERS.items() if "class_chunk" in config.__dataclass_fields__]
+        if req.method not in chunked:
+            raise DMError(f"--class-chunk applies to {', '.join(chunked)}, not {req.method}")
         options["class_chunk"] = req.class_chunk
     if req.herding_epochs is not None:
         if req.method != "herding":
@@ -91,11 +92,14 @@ def condense_options(req: CondenseRequest) -> dict:
         options["precision"] = req.precision
     elif req.precision != "fp32":
         raise DMError("--precision applies to dm, dsa and herding, not random")
-    if req.method not in ("dm", "dsa") and (req.checkpoint is not None or req.resume or req.restart):
-        raise DMError(f"--checkpoint, --resume and --restart apply to dm and dsa; {req.method} keeps no checkpoint")
+    if req.method not in CONDENSERS and (req.checkpoint is not None or req.resume or req.restart):
+        raise DMError(f"--checkpoint, --resume and --restart apply to {', '.join(CONDENSERS)}; {req.method} keeps no "
+                      f"checkpoint")
     if req.resume and req.restart:
         raise DMError("--resume and --restart contradict each other: give one")
     for key, value in req.options:
+        if key in ("ipc", "seed"):
+            raise DMError(f"--option {key}= is not an option: use --{key}")
         if key in options and options[key] is not None:
             raise DMError(f"--option {key}= repeats a value a flag already sets: give it once")
         options[key] = value
@@ -110,7 +114,7 @@ def output_paths(req: CondenseRequest) -> tuple[Path | None, Path | None]:
     if out.suffix == ".ckpt":
         raise DMError(f"--out {out}: .ckpt names are for checkpoints; give the set a .pt name")
     checkpoint = None
-    if req.method in ("dm", "dsa"):
+    if req.method in CONDENSERS:
         checkpoint = req.checkpoint or out.with_suffix(".ckpt")
         if _same_path(checkpoint, out):
             raise DMError(f"--checkpoint {checkpoint} is the --out file: give the checkpoint another name")
@@ -197,16 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m dm_core", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    c = sub.add_parser("condense", help="make a small set (dm, dsa, random, herding) and save it as a .pt file")
+    c = sub.add_parser("condense", help="make a small set (any of --method's) and save it as a .pt file")
     c.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
     c.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
     c.add_argument("--ipc", type=_positive, required=True, help="images per class")
-    c.add_argument("--iterations", type=_positive, help="DM: 20000, DSA: 1000 by default")
-    c.add_argument("--lr-img", type=float, help="image learning rate (DM: 1, or 10 from 100 ipc; DSA: 0.1)")
-    c.add_argument("--batch-real", type=_positive, help="real images per class per iteration (256)")
+    c.add_argument("--iterations", type=_positive, help="DM and its successors: 20000, DSA: 1000 by default")
+    c.add_argument("--lr-img", type=float,
+                   help="image learning rate (DM, M3D, DataDAM, DDM: 1, or 10 from 100 ipc; IDM: 0.2; DSA: 0.1)")
+    c.add_argument("--batch-real", type=_positive, help="real images per class per iteration (256; DataDAM: 64)")
     c.add_argument("--model", help="network name, e.g. convnet, convnetbn, convnet-d4 (default convnet)")
     c.add_argument("--class-chunk", type=_positive,
-                   help="dm: classes per forward pass (default: all; halved automatically when memory runs out)")
+                   help="dm and its successors: classes per forward pass (default: all; halved when memory runs out)")
     c.add_argument("--herding-epochs", type=_positive, help="herding: epochs of the feature network (default 30)")
     c.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (the reference's) or bf16 autocast (faster on recent hardware; not the reported default)")
@@ -217,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     c.add_argument("--out", type=Path, help="output file (default: <dataset>_<method>_ipc<K>.pt)")
     c.add_argument("--data-root", help="folder holding the datasets (else $DM_DATA_ROOT, else ./data)")
-    c.add_argument("--checkpoint", type=Path, help="dm/dsa checkpoint file (default: the output path with .ckpt)")
+    c.add_argument("--checkpoint", type=Path, help="checkpoint of a condensation (default: the output path with .ckpt)")
     c.add_argument("--resume", action="store_true",
                    help="continue from the checkpoint (the default whenever a matching checkpoint exists)")
     c.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
@@ -251,7 +256,7 @@ def condense_request(args: argparse.Namespace) -> CondenseRequest:
 
 def interrupted_message(req) -> str:
     """What a hard stop (a second Ctrl-C, or one before the loop) leaves behind."""
-    if isinstance(req, CondenseRequest) and req.method in ("dm", "dsa"):
+    if isinstance(req, CondenseRequest) and req.method in CONDENSERS:
         checkpoint = req.checkpoint or req.out.with_suffix(".ckpt")
         if checkpoint.is_file():
             return f"interrupted; the last checkpoint {checkpoint} holds the run: rerun the same command to continue"

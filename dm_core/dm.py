@@ -56,6 +56,9 @@ class DMConfig:
         if self.ipc < 1 or self.iterations < 0 or self.batch_real < 1:
             raise DMError(f"DM needs ipc >= 1, iterations >= 0 and batch_real >= 1 (got {self.ipc}, "
                           f"{self.iterations}, {self.batch_real})")
+        if self.checkpoint_every < 1 or self.log_every < 1:
+            raise DMError(f"checkpoint_every and log_every must be at least 1 (got {self.checkpoint_every}, "
+                          f"{self.log_every})")
         if self.class_chunk is not None and self.class_chunk < 1:
             raise DMError(f"class_chunk must be at least 1, got {self.class_chunk}")
         if self.lr_img is not None and not (self.lr_img > 0 and math.isfinite(self.lr_img)):

@@ -62,6 +62,9 @@ class DSAConfig:
                           f"{self.iterations}, {self.batch_real})")
         if not (self.lr_img > 0 and math.isfinite(self.lr_img)) or not (self.lr_net > 0 and math.isfinite(self.lr_net)):
             raise DMError(f"DSA needs positive learning rates, got lr_img {self.lr_img} and lr_net {self.lr_net}")
+        if self.checkpoint_every < 1 or self.log_every < 1:
+            raise DMError(f"checkpoint_every and log_every must be at least 1 (got {self.checkpoint_every}, "
+                          f"{self.log_every})")
         if self.batch_train < 1 or self.bn_batch_per_class < 1:
             raise DMError(f"batch_train and bn_batch_per_class must be at least 1 (got {self.batch_train}, "
                           f"{self.bn_batch_per_class})")

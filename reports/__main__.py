@@ -10,9 +10,12 @@ USAGE = """usage: python -m reports {continual,nas} [options]
 
 
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
+    if argv and argv[0] in ("-h", "--help"):
         print(USAGE)
-        return 0 if argv else 2
+        return 0
+    if not argv:
+        print("error: name a report: python -m reports continual ... or python -m reports nas ...", file=sys.stderr)
+        return 2
     command, rest = argv[0], argv[1:]
     if command == "continual":
         from .continual import main as run
