@@ -86,6 +86,10 @@ class ConvNetSpec:
         if head not in aliases:
             raise DMError(f"not a ConvNet name: {name!r}")
         fields = dict(aliases[head])
+        if (head == "convnet" and len(tokens) == 5 and tokens[2] in ACTIVATIONS and tokens[3] in NORMS
+                and tokens[4] in POOLS and all(t[:1] == k and t[1:].isdigit() for t, k in zip(tokens, "dw"))):
+            # a full ``spec.name``: positional, so "none" is unambiguous (norm before pooling)
+            return cls(int(tokens[0][1:]), int(tokens[1][1:]), tokens[2], tokens[3], tokens[4])
         for token in tokens:
             if token in ACTIVATIONS:
                 fields["act"] = token

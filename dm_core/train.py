@@ -55,9 +55,9 @@ class TrainConfig:
     def schedule(self, num_samples: int) -> tuple[int, int, int]:
         """(steps per epoch, total steps, step at which the learning rate drops)."""
         per_epoch = math.ceil(num_samples / self.batch_size)
-        if self.iterations is not None:
-            return per_epoch, self.iterations, self.iterations // 2
-        decay = self.decay_epochs if self.decay_epochs is not None else self.epochs // 2
+        if self.iterations is not None:  # at least one step at the full learning rate, even for 1 step
+            return per_epoch, self.iterations, max(1, self.iterations // 2)
+        decay = self.decay_epochs if self.decay_epochs is not None else max(1, self.epochs // 2)
         return per_epoch, self.epochs * per_epoch, decay * per_epoch
 
 

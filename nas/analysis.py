@@ -1,6 +1,9 @@
 """From trial records to the paper's Table 5 numbers: rankings, top-5% Spearman, selected architecture, costs.
 
-Pure functions over ``TrialRecord`` lists (read from the CSVs); nothing here trains.
+Pure functions over ``TrialRecord`` lists (read from the CSVs); nothing here trains. As in the paper (PROTOCOL.md
+section 7), a method RANKS architectures by the validation accuracy of the models trained on its proxy, and the
+correlation is taken, over its top 5%, between TEST accuracies: of those models trained on the proxy and of the same
+architectures trained on the whole training split.
 """
 from __future__ import annotations
 
@@ -20,14 +23,23 @@ TOP_FRACTION = 0.05
 GROUNDTRUTH_LABEL = "whole (ground truth)"
 
 
-def mean_scores(records: Iterable[TrialRecord], field: str = "val_acc") -> dict[str, float]:
-    """Mean of ``field`` over repeats, per architecture."""
+def _values(records: Iterable[TrialRecord], field: str) -> dict[str, list[float]]:
     values: dict[str, list[float]] = {}
     for r in records:
         value = getattr(r, field)
         if value is not None:
             values.setdefault(r.arch, []).append(value)
-    return {arch: statistics.fmean(v) for arch, v in values.items()}
+    return values
+
+
+def mean_scores(records: Iterable[TrialRecord], field: str = "val_acc") -> dict[str, float]:
+    """Mean of ``field`` over repeats, per architecture."""
+    return {arch: statistics.fmean(v) for arch, v in _values(records, field).items()}
+
+
+def std_scores(records: Iterable[TrialRecord], field: str) -> dict[str, float]:
+    """Standard deviation (population, 0 for one repeat) of ``field`` over repeats, per architecture."""
+    return {arch: statistics.pstdev(v) for arch, v in _values(records, field).items()}
 
 
 def rank(scores: Mapping[str, float]) -> list[str]:
@@ -52,58 +64,72 @@ def spearman(x: list[float], y: list[float]) -> float:
 @dataclass(frozen=True)
 class TopKCorrelation:
     rho: float
-    archs: list[str]  # the proxy's top k, best first
+    archs: list[str]  # the proxy's top k by validation accuracy, best first
 
 
-def top_k_spearman(proxy_scores: Mapping[str, float], truth_scores: Mapping[str, float],
-                   fraction: float = TOP_FRACTION, k: int | None = None) -> TopKCorrelation:
-    """Spearman correlation, over the proxy's top k architectures, of proxy score and true (whole-data) score.
-
-    k = ceil(fraction x number of ranked architectures) unless given. Every top-k architecture needs a true score.
-    """
-    ranked = rank(proxy_scores)
+def top_k_spearman(proxy_val: Mapping[str, float], proxy_test: Mapping[str, float],
+                   truth_test: Mapping[str, float], fraction: float = TOP_FRACTION,
+                   k: int | None = None) -> TopKCorrelation:
+    """Rank by ``proxy_val``; over the top k, Spearman of ``proxy_test`` (trained on the proxy) vs ``truth_test``
+    (trained on the whole split). k = ceil(fraction x number ranked) unless given. Every top-k architecture needs
+    both test accuracies."""
+    ranked = rank(proxy_val)
     top = ranked[:k if k is not None else top_k_count(len(ranked), fraction)]
-    missing = [a for a in top if a not in truth_scores]
+    no_test = [a for a in top if a not in proxy_test]
+    if no_test:
+        raise DMError(f"{len(no_test)} of the top {len(top)} architectures have no proxy-trained test accuracy "
+                      f"(e.g. {no_test[0]})")
+    missing = [a for a in top if a not in truth_test]
     if missing:
         raise DMError(f"{len(missing)} of the top {len(top)} architectures have no ground truth yet "
                       f"(e.g. {missing[0]}): run python -m nas.groundtruth first")
-    return TopKCorrelation(spearman([proxy_scores[a] for a in top], [truth_scores[a] for a in top]), top)
+    return TopKCorrelation(spearman([proxy_test[a] for a in top], [truth_test[a] for a in top]), top)
 
 
 @dataclass(frozen=True)
 class MethodSummary:
-    """One column of Table 5."""
+    """One column of Table 5. Accuracies are fractions; the reports print them in percent."""
 
     method: str
     budget: str
+    precision: str
     architectures: int  # ranked by this method
     top_k: int
-    spearman_top_k: float
-    spearman_all: float  # over every ranked architecture that has a ground truth
-    selected: str
-    selected_proxy_acc: float
-    selected_whole_acc: float  # whole-data test accuracy of the selected architecture (NaN: no ground truth)
+    spearman_top_k: float  # proxy-trained test vs whole-trained test over the top k by proxy validation
+    spearman_all: float  # the same over every ranked architecture that has a ground truth
+    with_truth: int  # how many ranked architectures have a ground truth (the points of spearman_all)
+    selected: str  # the method's top-1 by proxy validation accuracy
+    selected_proxy_val: float
+    selected_proxy_test: float
+    selected_whole_test: float  # whole-data test accuracy of the selected architecture (NaN: no ground truth)
     search_minutes: float  # training and validation time of every repeat of every architecture
     make_minutes: float  # time to condense / select the proxy set
     storage_images: int
     top: list[str]
-    proxy_scores: dict[str, float]
+    proxy_val: dict[str, float]
+    proxy_test: dict[str, float]
+    proxy_test_std: dict[str, float]
 
 
 def summarize_method(method: str, budget: str, records: list[TrialRecord], truth: Mapping[str, float],
                      storage_images: int, make_seconds: float, fraction: float = TOP_FRACTION) -> MethodSummary:
-    scores = mean_scores(records)
-    ranked = rank(scores)
+    untested = [r for r in records if r.test_acc is None]
+    if untested:
+        raise DMError(f"{len(untested)} {method} trials have no proxy-trained test accuracy (e.g. {untested[0].arch} "
+                      f"repeat {untested[0].repeat}), which Table 5 correlates: rerun that search into a new --out")
+    val, test = mean_scores(records, "val_acc"), mean_scores(records, "test_acc")
+    ranked = rank(val)
     k = top_k_count(len(ranked), fraction)
     top = ranked[:k]
-    have = [a for a in top if a in truth]
-    rho = (top_k_spearman(scores, truth, k=k).rho if len(have) == len(top) else math.nan)
+    rho = top_k_spearman(val, test, truth, k=k).rho if all(a in truth for a in top) else math.nan
     common = [a for a in ranked if a in truth]
-    rho_all = spearman([scores[a] for a in common], [truth[a] for a in common])
+    rho_all = spearman([test[a] for a in common], [truth[a] for a in common])
     selected = ranked[0]
-    return MethodSummary(method, budget, len(ranked), k, rho, rho_all, selected, scores[selected],
-                         truth.get(selected, math.nan), sum(r.seconds for r in records) / 60, make_seconds / 60,
-                         storage_images, top, scores)
+    precisions = sorted({r.precision for r in records})
+    return MethodSummary(method, budget, "/".join(precisions), len(ranked), k, rho, rho_all, len(common), selected,
+                         val[selected], test[selected], truth.get(selected, math.nan),
+                         sum(r.seconds for r in records) / 60, make_seconds / 60, storage_images, top, val, test,
+                         std_scores(records, "test_acc"))
 
 
 def method_order(name: str) -> tuple[int, str]:

@@ -3,12 +3,15 @@
 Trains each target architecture on the whole training split (100 epochs, batch 250, DSA augmentation by default) and
 records validation and test accuracy in ``groundtruth.csv`` of the run directory. Targets: the union of every finished
 proxy's top 5% (``--top-fraction``), or the whole ``--space`` with ``--all``. Rows are keyed by architecture, budget
-and repeat, so they serve every proxy, and an interrupted run resumes.
+and repeat, so they serve every proxy, and an interrupted run (Ctrl-C: exit 130) resumes. ``--steps`` may shorten
+training for CPU-sized runs, but never below one epoch of the training split.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +41,7 @@ class GroundTruthConfig:
     batch_size: int = 250
     repeats: int = 5
     seed: int = 0
+    precision: str = "fp32"  # TrainConfig.precision: fp32 (the reference) or bf16
     device: str = "auto"
     data_root: str | None = None
     progress: bool = True
@@ -50,6 +54,8 @@ class GroundTruthConfig:
             raise DMError(f"--steps must be at least 1, got {self.steps}")
         if not 0 < self.top_fraction <= 1:
             raise DMError(f"--top-fraction must be in (0, 1], got {self.top_fraction}")
+        if self.all:
+            parse_space(self.space)
 
 
 def target_specs(config: GroundTruthConfig, run: RunDir) -> list[ConvNetSpec]:
@@ -72,9 +78,16 @@ def run_groundtruth(config: GroundTruthConfig) -> dict[str, float]:
     if not info:
         raise DMError(f"{run.path} is not a NAS run directory (no run.json): run python -m nas.search first")
     specs = target_specs(config, run)
+    run.check_results()
     data = load_search_data(info["dataset"], config.data_root, info["val_fraction"], info["split_seed"])
     train = data.train
-    budget = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, iterations=config.steps)
+    budget = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, iterations=config.steps,
+                         precision=config.precision)
+    per_epoch = math.ceil(len(train.y_train) / config.batch_size)
+    if config.steps is not None and config.steps < per_epoch:
+        raise DMError(f"--steps {config.steps} is less than one epoch of the training split ({len(train.y_train)} "
+                      f"images at batch {config.batch_size} = {per_epoch} steps): the ground truth sees every "
+                      f"training image at least once; use --steps {per_epoch} or more, or --epochs")
     task = TrainTask(LABEL, train.x_train, train.y_train, budget, data.x_val, data.y_val, train.num_classes,
                      train.x_test, train.y_test)
     store = TrialStore(run.groundtruth)
@@ -97,10 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", default=d.space, help="with --all: full, small, tiny, micro or field=values;...")
     p.add_argument("--top-fraction", type=float, default=d.top_fraction)
     p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--steps", type=int, default=None, help="SGD steps instead of --epochs (reduced budgets)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="SGD steps instead of --epochs (reduced budgets; at least one epoch of the training split)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--repeats", type=int, default=d.repeats)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--precision", default=d.precision, choices=("fp32", "bf16"),
+                   help="training precision (fp32: the reference; bf16: autocast)")
     p.add_argument("--device", default=d.device)
     p.add_argument("--data-root", default=None)
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -115,9 +131,13 @@ def main(argv: list[str] | None = None) -> int:
     except DMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: finished trials are saved in {Path(args.out) / 'groundtruth.csv'}; rerun the same "
+              f"command to continue", file=sys.stderr)
+        return 130
     best = max(truth, key=truth.get)
-    print(f"ground truth for {len(truth)} architectures in {Path(args.out) / 'groundtruth.csv'}; "
-          f"best {best} (test {100 * truth[best]:.2f}%)")
+    print(json.dumps({"groundtruth": str(Path(args.out) / "groundtruth.csv"), "architectures": len(truth),
+                      "best": best, "best_test_percent": round(100 * truth[best], 2)}))
     return 0
 
 

@@ -8,6 +8,10 @@ as proxy training takes (200 epochs x ceil(50 * classes / 250) batches = 400 ste
 Small sets are cached as synthetic-set files keyed by dataset, split, method, size, seed and iterations, so searches in
 the same run directory (and ground-truth runs) reuse them; a cached or given file made for another dataset or split is
 refused with a DMError.
+
+A proxy is named by what it holds: a set file (``--proxy-file``) records its method and images per class, and a name
+such as ``dm3`` must match them (a DM file of 7 images per class is ``dm7``). A set of the user's own, or one whose
+provenance is unknown, is named ``custom:NAME``.
 """
 from __future__ import annotations
 
@@ -19,32 +23,39 @@ from pathlib import Path
 
 import torch
 
-from dm_core import DMError, ImageDataset, SyntheticSet, make_set
+from dm_core import CONDENSERS, METHODS, DMError, ImageDataset, SyntheticSet, make_set
 
-SET_METHODS = ("random", "herding", "dm", "dsa")
+SET_METHODS = METHODS  # random, herding, dm, dsa and DM's successors (m3d, idm, datadam, ddm)
 REFERENCE_IPC = 50  # the paper's proxy size, which sets the step count of ``early``
 PROXY_EPOCHS = 200
 WHOLE_EPOCHS = 100
 
 
+CUSTOM = "custom"
+
+
 @dataclass(frozen=True)
 class Proxy:
-    """A parsed proxy name. ``kind`` is a set method, ``early`` or ``whole``; ``ipc`` is 0 for ``whole``."""
+    """A parsed proxy name. ``kind`` is a set method, ``custom``, ``early`` or ``whole``; ``ipc`` is 0 for ``whole``
+    and ``custom`` (a custom set holds what its file holds); ``label`` is the NAME of ``custom:NAME``."""
 
     kind: str
     ipc: int
+    label: str = ""
 
     @property
     def name(self) -> str:
         if self.kind == "whole":
             return "whole"
+        if self.kind == CUSTOM:
+            return f"{CUSTOM}:{self.label}"
         if self.kind == "early":
             return "early" if self.ipc == REFERENCE_IPC else f"early{self.ipc}"
         return f"{self.kind}{self.ipc}"
 
     @property
     def is_set(self) -> bool:
-        return self.kind in SET_METHODS
+        return self.kind in SET_METHODS or self.kind == CUSTOM
 
     def default_epochs(self) -> int:
         return WHOLE_EPOCHS if self.kind == "whole" else PROXY_EPOCHS
@@ -55,16 +66,61 @@ class Proxy:
 
 
 def parse_proxy(text: str) -> Proxy:
+    if text.strip().lower().startswith(CUSTOM + ":"):
+        label = text.strip()[len(CUSTOM) + 1:]
+        if not re.fullmatch(r"[A-Za-z0-9._-]+", label):
+            raise DMError(f"bad proxy name {text!r}: a set of your own is custom:NAME, NAME made of letters, digits, "
+                          f"'.', '_' or '-'")
+        return Proxy(CUSTOM, 0, label)
     key = text.strip().lower()
     if key == "whole":
         return Proxy("whole", 0)
     if key == "early":
         return Proxy("early", REFERENCE_IPC)
-    match = re.fullmatch(r"([a-z]+)(\d+)", key)
+    match = re.fullmatch(r"([a-z][a-z0-9]*?)(\d+)", key)  # a method name may hold digits: m3d50
     if match and match.group(1) in (*SET_METHODS, "early") and int(match.group(2)) > 0:
         return Proxy(match.group(1), int(match.group(2)))
-    raise DMError(f"unknown proxy {text!r}: use whole, early[IPC], or a set method with its images per class "
-                  f"({', '.join(m + '50' for m in SET_METHODS)}, dm10, ...)")
+    raise DMError(f"unknown proxy {text!r}: use whole, early[IPC], a set method with its images per class "
+                  f"({', '.join(m + '50' for m in SET_METHODS)}, dm10, ...), or custom:NAME with --proxy-file")
+
+
+def load_proxy_file(proxy: Proxy, path: str | Path | None) -> SyntheticSet | None:
+    """Check ``--proxy-file`` against the proxy's name before any work; return the loaded set (None without a file).
+
+    ``custom:NAME`` needs a file and takes any set; a method name (``dm3``) needs a file whose provenance says that
+    method and that many images per class, in every class it holds.
+    """
+    if path is None:
+        if proxy.kind == CUSTOM:
+            raise DMError(f"--proxy {proxy.name} names a set of your own: give it with --proxy-file FILE")
+        return None
+    if not proxy.is_set:
+        raise DMError(f"--proxy-file goes with a set proxy (dm50, random50, custom:NAME, ...), not {proxy.name}")
+    path = Path(path)
+    if not path.is_file():
+        raise DMError(f"no proxy file at {path}")
+    synset = SyntheticSet.load(path)
+    check_provenance(proxy, synset, path)
+    return synset
+
+
+def check_provenance(proxy: Proxy, synset: SyntheticSet, path: Path) -> None:
+    """The name must say what the file holds (method and images per class), unless it is ``custom:NAME``."""
+    if proxy.kind == CUSTOM:
+        return
+    method, ipc = synset.meta.get("method"), synset.meta.get("ipc")
+    if method not in SET_METHODS or not isinstance(ipc, int):
+        raise DMError(f"{path} does not record a {'/'.join(SET_METHODS)} method and images per class "
+                      f"(method {method!r}, ipc {ipc!r}): name a set of your own --proxy custom:NAME")
+    named = f"{method}{ipc}"
+    if named != proxy.name:
+        raise DMError(f"{path} holds a {method} set of {ipc} images per class, not {proxy.name}: use --proxy {named} "
+                      f"(or custom:NAME for a set of your own)")
+    counts = torch.bincount(synset.labels[synset.labels >= 0]).tolist() if len(synset) else []
+    held = sorted({c for c in counts if c})
+    if held != [ipc]:
+        raise DMError(f"{path} says {ipc} images per class but holds {len(synset)} images "
+                      f"({'/'.join(map(str, held)) or 'none'} per class): name it --proxy custom:NAME")
 
 
 def proxy_file(cache_dir: Path, dataset: str, proxy: Proxy, split_seed: int, seed: int, options: dict) -> Path:
@@ -110,14 +166,19 @@ def load_or_make_proxy_set(proxy: Proxy, train: ImageDataset, cache_dir: Path, s
         raise ValueError(f"proxy {proxy.name} trains on the training split, it has no set")
     if proxy.kind in ("random", "herding"):
         options = {}
-    path = given_file or proxy_file(cache_dir, train.name, proxy, split_seed, seed, options)
+    if given_file is not None:
+        synset = load_proxy_file(proxy, given_file)
+        check_proxy_set(synset, train, split_seed, given_file)
+        return ProxySet(synset, given_file, float(synset.meta.get("nas_make_seconds", 0.0)), True)
+    if proxy.kind == CUSTOM:
+        raise DMError(f"--proxy {proxy.name} names a set of your own: give it with --proxy-file FILE")
+    path = proxy_file(cache_dir, train.name, proxy, split_seed, seed, options)
     if path.is_file():
         synset = SyntheticSet.load(path)
         check_proxy_set(synset, train, split_seed, path)
+        check_provenance(proxy, synset, path)
         return ProxySet(synset, path, float(synset.meta.get("nas_make_seconds", 0.0)), True)
-    if given_file is not None:
-        raise DMError(f"no proxy file at {given_file}")
-    checkpoint = path.with_name(path.stem + ".ckpt") if proxy.kind in ("dm", "dsa") else None
+    checkpoint = path.with_name(path.stem + ".ckpt") if proxy.kind in CONDENSERS else None
     start = time.perf_counter()
     synset = make_set(proxy.kind, train, proxy.ipc, seed=seed, device=device, progress=progress,
                       checkpoint=checkpoint, resume=checkpoint is not None, **options)

@@ -13,7 +13,7 @@ import json
 import logging
 import statistics
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,14 +21,15 @@ from tqdm.auto import tqdm
 
 from dm_core import DMError, TrainConfig, resolve_device
 
+from .assessor import CurveStore, TrialAssessor, parse_assessor
 from .data import SearchData, load_search_data
-from .proxy import Proxy, load_or_make_proxy_set, parse_proxy
+from .proxy import Proxy, load_or_make_proxy_set, load_proxy_file, parse_proxy
 from .results import TrialStore
 from .rundir import RunDir
 from .space import ConvNetModelSpace, SearchSpace, parse_space, spec_from_sample
+from .strategies import StrategyChoice, parse_strategy
 from .trial import ArchitectureEvaluator, TrainTask
 
-STRATEGIES = ("grid", "random", "evolution", "tpe")
 EXECUTIONS = ("sequential", "local", "remote", "kubeflow", "frameworkcontroller")
 # NNI training services that need machine or cluster settings (--training-service FILE); kubeflow and
 # frameworkcontroller are NNI's two Kubernetes services.
@@ -58,20 +59,40 @@ class SearchConfig:
     concurrency: int = 1  # trials at once, ``local`` execution only
     port: int = 8080  # NNI manager port, training-service executions only
     training_service: str | None = None  # JSON file of NNI training-service fields (remote / kubernetes executions)
+    report_every: int | None = None  # epochs between intermediate results; None: 1 where NNI reads them, else 0
+    assessor: str | None = None  # NNI assessor (Medianstop, Curvefitting) judging each trial's first repeat
+    assessor_start: int | None = None  # intermediate results before the assessor judges; None: NNI's default
+    oneshot_epochs: int | None = None  # supernet training epochs of a one-shot strategy; None: --epochs
     progress: bool = True
 
     def resolve(self) -> "SearchPlan":
         """Check every field once (no I/O); raise DMError with a one-line message on bad input."""
         proxy = parse_proxy(self.proxy)
         space = parse_space(self.space)
-        if self.strategy not in STRATEGIES:
-            raise DMError(f"unknown strategy {self.strategy!r}: choose one of {', '.join(STRATEGIES)}")
+        strategy = parse_strategy(self.strategy)
+        if not strategy.one_shot:
+            strategy.build(len(space), self.seed)  # a strategy that cannot start fails here, before any work
+        assessor = parse_assessor(self.assessor)
         if self.execution not in EXECUTIONS:
             raise DMError(f"unknown execution {self.execution!r}: choose one of {', '.join(EXECUTIONS)}")
         for name in ("repeats", "batch_size", "concurrency"):
             if getattr(self, name) < 1:
                 raise DMError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("epochs", "iterations", "batch_real", "max_trials"):
+        report_every = self.report_every
+        if report_every is None:
+            report_every = 1 if assessor is not None or self.execution != "sequential" else 0
+        if report_every < 0:
+            raise DMError(f"--report-every must be 0 (no intermediate results) or more, got {report_every}")
+        if assessor is not None and report_every == 0:
+            raise DMError("--assessor judges intermediate results: give --report-every 1 or more, not 0")
+        if self.assessor_start is not None and (assessor is None or self.assessor_start < 0):
+            raise DMError("--assessor-start goes with --assessor and must be 0 or more")
+        if strategy.one_shot and (self.execution != "sequential" or assessor is not None):
+            raise DMError(f"one-shot strategy {strategy.name} trains one supernet in this process: it goes with "
+                          f"--execution sequential and no --assessor")
+        if self.oneshot_epochs is not None and not strategy.one_shot:
+            raise DMError("--oneshot-epochs goes with a one-shot strategy (DARTS, GumbelDARTS, RandomOneShot, ...)")
+        for name in ("epochs", "iterations", "batch_real", "max_trials", "oneshot_epochs"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise DMError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -85,13 +106,10 @@ class SearchConfig:
                 raise DMError(f"--training-service goes with --execution {'/'.join(CLUSTER_EXECUTIONS)}, "
                               f"not {self.execution}")
             training_service_fields(self.training_service)
-        if self.proxy_file is not None and not proxy.is_set:
-            raise DMError(f"--proxy-file goes with a set proxy (dm50, random50, ...), not {proxy.name}")
-        if self.proxy_file is not None and not Path(self.proxy_file).is_file():
-            raise DMError(f"no proxy file at {self.proxy_file}")
+        load_proxy_file(proxy, self.proxy_file)  # the file must say what the name says (or be custom:NAME)
         max_trials = min(self.max_trials or len(space), len(space))
         return SearchPlan(self, proxy, space, self.epochs or proxy.default_epochs(), max_trials,
-                          resolve_device(self.device), RunDir(Path(self.out)))
+                          resolve_device(self.device), RunDir(Path(self.out)), strategy, report_every, assessor)
 
 
 def training_service_fields(path: str) -> dict:
@@ -115,6 +133,9 @@ class SearchPlan:
     max_trials: int
     device: torch.device
     run: RunDir
+    strategy: StrategyChoice
+    report_every: int  # epochs between intermediate results (0: none)
+    assessor: str | None
 
 
 @dataclass(frozen=True)
@@ -123,6 +144,8 @@ class SearchSummary:
     ranking: list[tuple[str, float]]  # (architecture, mean validation accuracy), best first
     trials: int
     results: Path
+    stopped: int = 0  # architectures stopped early by the assessor (not ranked)
+    selected_by: str | None = None  # the one-shot strategy that selected the only architecture
 
     @property
     def best(self) -> tuple[str, float]:
@@ -139,29 +162,26 @@ def prepare_task(plan: SearchPlan, data: SearchData, progress: bool) -> tuple[Tr
                                       plan.device, progress, Path(cfg.proxy_file) if cfg.proxy_file else None)
         x, y = made.synset.images, made.synset.labels
         config = TrainConfig(epochs=plan.epochs, batch_size=cfg.batch_size)
-        cost = {"images": len(y), "make_seconds": made.seconds, "file": str(made.path)}
+        cost = {"images": len(y), "make_seconds": made.seconds, "file": str(made.path),
+                "method": made.synset.meta.get("method"), "ipc": made.synset.meta.get("ipc")}
     else:
         x, y = train.x_train, train.y_train
         iterations = (proxy.early_iterations(train.num_classes, plan.epochs, cfg.batch_size)
                       if proxy.kind == "early" else None)
         config = TrainConfig(epochs=plan.epochs, batch_size=cfg.batch_size, iterations=iterations)
         cost = {"images": len(y), "make_seconds": 0.0, "file": None}
-    task = TrainTask(proxy.name, x, y, config, data.x_val, data.y_val, train.num_classes)
+    task = TrainTask(proxy.name, x, y, config, data.x_val, data.y_val, train.num_classes, train.x_test, train.y_test)
     return task, {**cost, "budget": task.budget, "steps": task.steps}
 
 
-def _strategy(name: str, space_size: int, seed: int):
-    from nni.nas import strategy
-
-    if name == "grid":
-        return strategy.GridSearch(shuffle=False)
-    if name == "random":
-        return strategy.Random(seed=seed)
-    if name == "evolution":
-        population = max(2, min(100, space_size // 4))
-        return strategy.RegularizedEvolution(population_size=population, sample_size=max(1, population // 4),
-                                             seed=seed)
-    return strategy.TPE(optimize_mode="maximize", seed=seed)
+def make_evaluator(plan: SearchPlan, task: TrainTask, on_repeat=None) -> ArchitectureEvaluator:
+    """The trial function of a search: trains and records repeats, reports intermediate results, runs the assessor."""
+    curves = CurveStore(plan.run.path / "curves.csv") if plan.report_every else None
+    assessor = (TrialAssessor(plan.assessor, plan.epochs // plan.report_every, plan.config.assessor_start)
+                if plan.assessor is not None else None)
+    return ArchitectureEvaluator(task, TrialStore(plan.run.results), plan.config.repeats, plan.config.seed,
+                                 plan.device, on_repeat=on_repeat, report_every=plan.report_every, curves=curves,
+                                 assessor=assessor)
 
 
 def run_search(config: SearchConfig) -> SearchSummary:
@@ -169,24 +189,27 @@ def run_search(config: SearchConfig) -> SearchSummary:
     plan = config.resolve()
     data = load_search_data(config.dataset, config.data_root, config.val_fraction, config.split_seed)
     plan.space.check_input(data.train.channels, data.train.num_classes, data.train.image_size)
-    plan.run.claim(data.train.name, config.split_seed, config.val_fraction)
+    claim = plan.run.claim(data.train.name, config.split_seed, config.val_fraction)
     task, cost = prepare_task(plan, data, config.progress)
-    plan.run.record_proxy(task.label, cost)
+    plan.run.record_proxy(task.label, cost, claim)
     store = TrialStore(plan.run.results)
 
     from nni.nas.evaluator import FunctionalEvaluator
 
     train = data.train
+    if plan.strategy.one_shot:
+        from .oneshot import run_oneshot
+
+        return run_oneshot(plan, data, task)
     model_space = ConvNetModelSpace(plan.space, train.channels, train.num_classes, train.image_size)
-    strategy = _strategy(config.strategy, len(plan.space), config.seed)
+    strategy = plan.strategy.build(len(plan.space), config.seed)
     if config.execution == "sequential":
         from nni.nas.execution import SequentialExecutionEngine
         from nni.nas.space import SimplifiedModelSpace
 
         bar = tqdm(total=plan.max_trials * config.repeats, desc=f"nas {task.label}", unit="trial",
                    disable=not config.progress, dynamic_ncols=True)
-        evaluator = ArchitectureEvaluator(task, store, config.repeats, config.seed, plan.device,
-                                          on_repeat=lambda record, reused: bar.update(1))
+        evaluator = make_evaluator(plan, task, on_repeat=lambda record, reused: bar.update(1))
         engine = SequentialExecutionEngine(max_model_count=plan.max_trials)
         strategy.initialize(SimplifiedModelSpace.from_model(model_space, FunctionalEvaluator(evaluator)), engine)
         try:
@@ -196,68 +219,34 @@ def run_search(config: SearchConfig) -> SearchSummary:
             bar.close()
         searched = [spec_from_sample(m.sample).name for m in engine.list_models()]
     else:
-        _run_training_service(plan, model_space, strategy)
+        from .live import run_training_service
+
+        evaluator = make_evaluator(plan, task)
+
+        def answer(model) -> float | None:  # the score of an architecture that needs no trial, else None
+            result = evaluator.recorded(spec_from_sample(model.sample))
+            return None if result is None else result.score
+
+        run_training_service(plan, model_space, strategy, answer)
         searched = [spec.name for spec in plan.space.specs()]  # trials ran elsewhere: read what they recorded
-    return summarize(store, task.label, task.budget, searched)
+    return summarize(plan, store, task.label, task.budget, searched)
 
 
-def summarize(store: TrialStore, proxy: str, budget: str, archs: list[str]) -> SearchSummary:
+def summarize(plan: SearchPlan, store: TrialStore, proxy: str, budget: str, archs: list[str]) -> SearchSummary:
     wanted = set(archs)
     by_arch: dict[str, list[float]] = {}
     for r in store.records():
         if (r.proxy, r.budget) == (proxy, budget) and r.arch in wanted:
             by_arch.setdefault(r.arch, []).append(r.val_acc)
+    stopped = set()
+    if plan.assessor is not None:
+        curves = CurveStore(plan.run.path / "curves.csv")
+        stopped = {a for a in wanted if curves.stopped(proxy, a, budget, plan.report_every, plan.assessor)}
+    by_arch = {a: v for a, v in by_arch.items() if a not in stopped}
     ranking = sorted(((a, statistics.fmean(v)) for a, v in by_arch.items()), key=lambda t: (-t[1], t[0]))
-    return SearchSummary(proxy, ranking, len(by_arch), store.path)
+    return SearchSummary(proxy, ranking, len(by_arch), store.path, len(stopped))
 
 
-# --- scale-out: NNI's training services ("local": trial subprocesses under the NNI manager; "remote": SSH machines;
-# "kubeflow" / "frameworkcontroller": Kubernetes) ---------------------------------------------------------------------
-
-def evaluate_in_trial_process(model, settings: dict) -> None:
-    """Evaluator function of ``local`` execution: runs in a trial subprocess, rebuilds the task from plain settings.
-
-    The proxy set was made (and cached) by the launching process, so the trial only loads it.
-    """
-    config = SearchConfig(**{**settings, "progress": False})
-    plan = config.resolve()
-    data = load_search_data(config.dataset, config.data_root, config.val_fraction, config.split_seed)
-    task, _ = prepare_task(plan, data, progress=False)
-    ArchitectureEvaluator(task, TrialStore(plan.run.results), config.repeats, config.seed, plan.device)(model)
-
-
-def _run_training_service(plan: SearchPlan, model_space: ConvNetModelSpace, strategy) -> None:
-    experiment = build_experiment(plan, model_space, strategy)
-    try:
-        experiment.run(port=plan.config.port)
-    finally:
-        experiment.stop()
-
-
-def build_experiment(plan: SearchPlan, model_space: ConvNetModelSpace, strategy):
-    """The NNI experiment of a training-service execution, configured but not started."""
-    from nni.nas.evaluator import FunctionalEvaluator
-    from nni.nas.experiment import NasExperiment, NasExperimentConfig
-
-    platform = plan.config.execution
-    settings = {**asdict(plan.config), "out": str(plan.run.path.resolve())}
-    evaluator = FunctionalEvaluator(evaluate_in_trial_process, settings=settings)
-    exp_config = NasExperimentConfig("ts", "simplified", platform)
-    exp_config.experiment_name = f"nas-{plan.proxy.name}"
-    exp_config.trial_concurrency = plan.config.concurrency
-    exp_config.max_trial_number = plan.max_trials
-    exp_config.experiment_working_directory = str((plan.run.path / "nni").resolve())
-    exp_config.trial_gpu_number = 1 if plan.device.type == "cuda" else 0
-    if plan.config.training_service is not None:
-        fields = training_service_fields(plan.config.training_service)
-        try:  # NNI's config classes turn nested dicts (machine_list, worker, ...) into their own types
-            exp_config.training_service = type(exp_config.training_service)(platform=platform, **fields)
-        except (TypeError, ValueError, AttributeError) as exc:  # NNI names an unknown field with AttributeError
-            raise DMError(f"{plan.config.training_service}: not valid for NNI's {platform} training service "
-                          f"({str(exc).splitlines()[0]})") from None
-    if platform == "local" and plan.device.type == "cuda":
-        exp_config.training_service.use_active_gpu = True
-    return NasExperiment(model_space, evaluator, strategy, exp_config)
 # --- CLI -------------------------------------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -269,7 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default=d.dataset, help="any dm_core dataset (cifar10, mnist, digits, ...)")
     p.add_argument("--space", default=d.space,
                    help="full, small, tiny, micro, or 'depth=1,2;width=32;act=relu;norm=none;pool=avgpool'")
-    p.add_argument("--strategy", default=d.strategy, choices=STRATEGIES)
+    p.add_argument("--strategy", default=d.strategy,
+                   help="grid, random, evolution, tpe; any NNI strategy class (RegularizedEvolution, TPE, "
+                        "PolicyBasedRL, ...; one-shot: DARTS, ENAS, GumbelDARTS, RandomOneShot, Proxyless), "
+                        "or module:Class for your own")
     p.add_argument("--repeats", type=int, default=d.repeats, help="trainings per architecture (mean is ranked)")
     p.add_argument("--epochs", type=int, default=None, help="proxy training epochs (default 200; whole: 100)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -285,11 +277,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--proxy-file", default=None, help="train on this synthetic-set file instead of a cached one")
     p.add_argument("--execution", default=d.execution, choices=EXECUTIONS,
                    help="sequential: in-process, no server; local / remote / kubeflow / frameworkcontroller: NNI's "
-                        "training services (the NNI manager listens on all interfaces: see docs/nas.md)")
+                        "training services (the NNI manager listens on all interfaces: see README.md)")
     p.add_argument("--concurrency", type=int, default=d.concurrency, help="parallel trials (training services)")
     p.add_argument("--port", type=int, default=d.port, help="NNI manager port (training services)")
     p.add_argument("--training-service", default=None,
                    help="JSON file of NNI training-service fields, for remote / kubeflow / frameworkcontroller")
+    p.add_argument("--report-every", type=int, default=None,
+                   help="epochs between NNI intermediate results (validation accuracy); 0: none. Default: 1 with "
+                        "--assessor or a training service, else 0")
+    p.add_argument("--assessor", default=None, help="stop weak trials early: Medianstop or Curvefitting (NNI's)")
+    p.add_argument("--assessor-start", type=int, default=None,
+                   help="intermediate results before the assessor judges (default: NNI's: Medianstop 0, "
+                        "Curvefitting 6)")
+    p.add_argument("--oneshot-epochs", type=int, default=None,
+                   help="supernet training epochs of a one-shot strategy (default: --epochs)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     return p
 
@@ -303,11 +304,20 @@ def main(argv: list[str] | None = None) -> int:
     except DMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: finished trials are saved in {Path(args.out) / 'results.csv'} (a proxy condensation "
+              f"keeps its checkpoint); rerun the same command to continue", file=sys.stderr)
+        return 130
     if not summary.ranking:
         print(f"{summary.proxy}: no architecture finished; rows in {summary.results}")
         return 0
     arch, acc = summary.best
-    print(f"{summary.proxy}: {summary.trials} architectures ranked; best {arch} "
+    if summary.selected_by is not None:
+        print(f"{summary.proxy}: {summary.selected_by} selected {arch} (validation {100 * acc:.2f}% trained from "
+              f"scratch on the proxy); rows in {summary.results}")
+        return 0
+    stopped = f" ({summary.stopped} more stopped early by the assessor)" if summary.stopped else ""
+    print(f"{summary.proxy}: {summary.trials} architectures ranked{stopped}; best {arch} "
           f"(validation {100 * acc:.2f}%); rows in {summary.results}")
     return 0
 

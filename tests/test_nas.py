@@ -14,7 +14,7 @@ import torch
 from scipy import stats
 
 from dm_core import DMError, SyntheticSet, build_model, load_dataset
-from nas import search as search_mod
+from nas import live as live_mod
 from nas import trial as trial_mod
 from nas.analysis import groundtruth_targets, mean_scores, rank, top_k_count, top_k_spearman
 from nas.groundtruth import GroundTruthConfig, run_groundtruth
@@ -86,11 +86,11 @@ def test_frozen_model_survives_nni_serialisation():
     from nni.nas.space import SimplifiedModelSpace
 
     space = ConvNetModelSpace(NAMED_SPACES["micro"], 1, 10, (28, 28))
-    evaluator = FunctionalEvaluator(search_mod.evaluate_in_trial_process, settings={"proxy": "dm10", "out": "r"})
+    evaluator = FunctionalEvaluator(live_mod.evaluate_in_trial_process, settings={"proxy": "dm10", "out": "r"})
     sample = {"depth": 2, "width": 32, "act": "relu", "norm": "instancenorm", "pool": "avgpool"}
     shipped = nni.load(nni.dump(SimplifiedModelSpace.from_model(space, evaluator).freeze(sample)))
     assert shipped.sample == sample and shipped.executable_model().spec == spec_from_sample(sample)
-    assert shipped.evaluator.function is search_mod.evaluate_in_trial_process
+    assert shipped.evaluator.function is live_mod.evaluate_in_trial_process
     assert shipped.evaluator.arguments == {"settings": {"proxy": "dm10", "out": "r"}}
 
 
@@ -125,7 +125,8 @@ def test_search_runs_in_process_and_records_every_trial(tmp_path):
     assert len(records) == len(micro) * 2
     assert {(r.arch, r.repeat) for r in records} == {(s.name, k) for s in micro.specs() for k in (0, 1)}
     assert all(r.proxy == "random5" and r.budget == "e2-b250" and r.train_images == 50 for r in records)
-    assert all(0 <= r.val_acc <= 1 and r.test_acc is None for r in records)
+    # every proxy trial records the test accuracy of the proxy-trained model (Table 5 correlates it) and precision
+    assert all(0 <= r.val_acc <= 1 and 0 <= r.test_acc <= 1 and r.precision == "fp32" for r in records)
     assert summary.trials == len(micro)
     assert [a for a, _ in summary.ranking] == rank(mean_scores(records))
     assert (tmp_path / "run" / "proxies" / "digits-random5-split0-seed0.pt").is_file()
@@ -162,7 +163,7 @@ def test_search_resumes_without_redoing_finished_trials(tmp_path, monkeypatch):
     assert calls == []  # a finished search trains nothing
 
 
-@pytest.mark.parametrize("strategy", ["random", "evolution", "tpe"])
+@pytest.mark.parametrize("strategy", ["random", "evolution", "tpe", "RegularizedEvolution", "GridSearch"])
 def test_other_strategies_respect_the_trial_budget(tmp_path, strategy):
     summary = run_search(tiny_search(tmp_path / strategy, strategy=strategy, max_trials=3, repeats=1, epochs=1))
     records = read_records(summary.results)
@@ -192,28 +193,32 @@ def test_top_k_spearman_agrees_with_scipy():
     rng = random.Random(0)
     proxy = {f"a{i}": rng.random() for i in range(40)}
     truth = {a: 0.5 * v + 0.5 * rng.random() for a, v in proxy.items()}
-    result = top_k_spearman(proxy, truth, fraction=0.25)
+    proxy_test = {a: v + 0.3 * rng.random() for a, v in proxy.items()}  # ranked by proxy, correlated by test
+    result = top_k_spearman(proxy, proxy_test, truth, fraction=0.25)
     top = sorted(proxy, key=proxy.get, reverse=True)[:10]
     assert result.archs == top
-    expected = stats.spearmanr([proxy[a] for a in top], [truth[a] for a in top]).statistic
+    expected = stats.spearmanr([proxy_test[a] for a in top], [truth[a] for a in top]).statistic
     assert result.rho == pytest.approx(expected, abs=1e-12)
     assert top_k_count(720) == 36 and top_k_count(24, 0.25) == 6 and top_k_count(3) == 1
 
 
 def test_top_k_spearman_known_rankings_and_ties():
-    proxy = {"a": 0.9, "b": 0.8, "c": 0.7, "d": 0.6, "e": 0.1}
-    assert top_k_spearman(proxy, {"a": 4, "b": 3, "c": 2, "d": 1}, k=4).rho == pytest.approx(1.0)
-    assert top_k_spearman(proxy, {"a": 1, "b": 2, "c": 3, "d": 4}, k=4).rho == pytest.approx(-1.0)
-    tied = top_k_spearman(proxy, {"a": 2, "b": 2, "c": 1, "d": 0}, k=4).rho
+    proxy = {"a": 0.9, "b": 0.8, "c": 0.7, "d": 0.6, "e": 0.1}  # validation: ranks
+    test = dict(proxy)  # proxy-trained test accuracy: correlated
+    assert top_k_spearman(proxy, test, {"a": 4, "b": 3, "c": 2, "d": 1}, k=4).rho == pytest.approx(1.0)
+    assert top_k_spearman(proxy, test, {"a": 1, "b": 2, "c": 3, "d": 4}, k=4).rho == pytest.approx(-1.0)
+    tied = top_k_spearman(proxy, test, {"a": 2, "b": 2, "c": 1, "d": 0}, k=4).rho
     assert tied == pytest.approx(stats.spearmanr([4, 3, 2, 1], [2, 2, 1, 0]).statistic)
-    # ties in the proxy: broken by name for selection, averaged in the correlation
+    # ties in the proxy's test accuracy: averaged in the correlation; ties in validation: broken by name
     proxy_ties = {"x": 0.5, "y": 0.5, "z": 0.4}
-    result = top_k_spearman(proxy_ties, {"x": 1.0, "y": 3.0, "z": 2.0}, k=3)
+    result = top_k_spearman(proxy_ties, proxy_ties, {"x": 1.0, "y": 3.0, "z": 2.0}, k=3)
     assert result.archs == ["x", "y", "z"]
     assert result.rho == pytest.approx(stats.spearmanr([0.5, 0.5, 0.4], [1, 3, 2]).statistic)
-    assert math.isnan(top_k_spearman(proxy, {"a": 1, "b": 1}, k=2).rho)  # constant truth: undefined
+    assert math.isnan(top_k_spearman(proxy, test, {"a": 1, "b": 1}, k=2).rho)  # constant truth: undefined
     with pytest.raises(DMError, match="ground truth"):
-        top_k_spearman(proxy, {"a": 1}, k=2)
+        top_k_spearman(proxy, test, {"a": 1}, k=2)
+    with pytest.raises(DMError, match="no proxy-trained test accuracy"):
+        top_k_spearman(proxy, {"a": 0.9}, {"a": 1, "b": 2}, k=2)
 
 
 # --- CLI errors: one line on stderr, exit 2, nothing trained ---------------------------------------------------------
@@ -243,7 +248,8 @@ def test_search_cli_refuses_a_proxy_made_for_another_dataset(tmp_path, capsys):
     foreign = SyntheticSet(digits.x_train[:20], digits.y_train[:20], {"dataset": "mnist"})
     given = foreign.save(tmp_path / "foreign.pt")
     argv = ["--dataset", "digits", "--space", "micro", "--device", "cpu", "--no-progress"]
-    assert search_main([*argv, "--out", str(tmp_path / "a"), "--proxy", "dm2", "--proxy-file", str(given)]) == 2
+    assert search_main([*argv, "--out", str(tmp_path / "a"), "--proxy", "custom:foreign", "--proxy-file",
+                        str(given)]) == 2
     assert "made for dataset 'mnist'" in _error_line(capsys)
     # the same in the cache of a run directory
     out = tmp_path / "b"
@@ -330,7 +336,7 @@ def test_training_service_errors_come_before_any_work(tmp_path, overrides, messa
 
 
 def test_a_training_service_file_nni_rejects_is_one_clear_error(tmp_path):
-    from nas.search import build_experiment
+    from nas.live import build_experiment
     from nas.space import ConvNetModelSpace
 
     service = tmp_path / "bad.json"

@@ -49,3 +49,14 @@ def test_reinit_is_seeded_and_fresh():
     other = [p.clone() for p in reinit_(net, make_generator(2, torch.device("cpu"))).parameters()]
     assert all(torch.equal(a, b) for a, b in zip(first, again))
     assert not torch.equal(first[0], other[0])
+
+
+def test_every_spec_name_of_the_space_parses_back():
+    import itertools
+
+    from dm_core import ConvNetSpec
+    from dm_core.nets import ACTIVATIONS, NORMS, POOLS
+
+    for act, norm, pool in itertools.product(ACTIVATIONS, NORMS, POOLS):
+        spec = ConvNetSpec(2, 32, act, norm, pool)
+        assert ConvNetSpec.parse(spec.name) == spec

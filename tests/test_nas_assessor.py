@@ -1,0 +1,79 @@
+"""Intermediate results (--report-every) and NNI assessors (--assessor) in the in-process search."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from nas import trial as trial_mod
+from nas.assessor import CurveStore
+from nas.results import read_records
+from nas.search import SearchConfig, main as search_main, run_search
+
+SPACE = "depth=1,2;width=32;act=sigmoid,relu;norm=none,instancenorm;pool=avgpool"  # 8 architectures
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def search(out, **overrides) -> SearchConfig:
+    fields = dict(dataset="digits", space=SPACE, proxy="random5", epochs=4, repeats=2, device="cpu", out=str(out),
+                  progress=False)
+    return SearchConfig(**{**fields, **overrides})
+
+
+def test_intermediate_results_do_not_change_training_and_end_at_the_final_score(tmp_path):
+    plain = read_records(run_search(search(tmp_path / "plain", space="micro")).results)
+    summary = run_search(search(tmp_path / "curves", space="micro", report_every=2))
+    reported = read_records(summary.results)
+    assert sorted((r.arch, r.repeat, r.val_acc) for r in reported) == sorted((r.arch, r.repeat, r.val_acc)
+                                                                           for r in plain)
+    curves = CurveStore(tmp_path / "curves" / "curves.csv").curves()
+    assert len(curves) == len(reported) == 8 and all(len(c.val_acc) == 2 and c.every == 2 for c in curves)
+    final = {(r.arch, r.repeat): r.val_acc for r in reported}
+    assert all(c.val_acc[-1] == final[(c.arch, c.repeat)] for c in curves)  # last point = final validation
+    assert not (tmp_path / "plain" / "curves.csv").exists()  # sequential without an assessor reports nothing
+
+
+def test_medianstop_stops_weak_trials_and_a_rerun_neither_trains_nor_ranks_them(tmp_path, monkeypatch):
+    full = run_search(search(tmp_path / "full"))
+    summary = run_search(search(tmp_path / "run", assessor="Medianstop", assessor_start=1))
+    curves = CurveStore(tmp_path / "run" / "curves.csv").curves()
+    stopped = {c.arch for c in curves if c.status == "stopped"}
+    assert 1 <= summary.stopped == len(stopped) < 8
+    assert all(c.assessor == "Medianstop" and c.repeat == 0 and len(c.val_acc) < 4 for c in curves
+               if c.status == "stopped")
+    rows = read_records(summary.results)
+    assert not stopped & {r.arch for r in rows} and summary.trials == 8 - len(stopped)
+    assert len(rows) == 2 * (8 - len(stopped))
+    # the trials that ran to the end score exactly as without the assessor
+    full_scores = dict(full.ranking)
+    assert all(full_scores[arch] == score for arch, score in summary.ranking)
+    # the first architecture has nothing to be compared with: never stopped
+    assert full.ranking and "convnet-d1-w32-sigmoid-none-avgpool" not in stopped
+
+    calls = []
+    real = trial_mod.train_architecture
+    monkeypatch.setattr(trial_mod, "train_architecture", lambda *a, **k: calls.append(a[0].name) or real(*a, **k))
+    again = run_search(search(tmp_path / "run", assessor="Medianstop", assessor_start=1))
+    assert calls == [] and again.ranking == summary.ranking and again.stopped == summary.stopped
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--assessor", "Bogus"], "unknown assessor 'Bogus': choose one of Medianstop, Curvefitting"),
+    (["--assessor", "medianstop", "--report-every", "0"], "--assessor judges intermediate results"),
+    (["--report-every", "-1"], "--report-every must be 0"),
+    (["--assessor-start", "2"], "--assessor-start goes with --assessor"),
+])
+def test_assessor_options_are_checked_before_any_work(tmp_path, capsys, argv, message):
+    out = tmp_path / "run"
+    base = ["--dataset", "digits", "--space", "micro", "--proxy", "random2", "--device", "cpu", "--no-progress",
+            "--out", str(out)]
+    assert search_main([*base, *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not out.exists()
