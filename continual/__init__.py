@@ -1,18 +1,41 @@
 """continual: GDumb-style class-incremental learning on Avalanche with condensed memories (DM section 3.5).
 
-Avalanche glue over dm_core: ``CondensedMemory`` (an ``ExemplarsBuffer`` storage policy filled by ``MemoryBuilder``),
-``GDumbMemoryPlugin`` (a ``SupervisedPlugin``), the benchmark of PROTOCOL.md's class orders, and
-``run_continual(ContinualConfig)``, the function behind ``python -m continual.run``.
-"""
-from .benchmark import class_order, make_benchmark, split_steps
-from .config import ContinualConfig, prepare
-from .experiment import run_continual, training_seed
-from .memory import METHODS, SCOPE, CondensedMemory, MemoryBuilder, step_seed
-from .plugin import GDumbMemoryPlugin
-from .results import COLUMNS, ResultsTable, read_results
+Avalanche glue over dm_core: ``CondensedMemory`` (a self-contained ``ExemplarsBuffer`` storage policy whose images are
+made by random, herding, DSA or DM), ``GDumbMemoryPlugin`` (a ``SupervisedPlugin``: memory update, model reset,
+training on the memory only), the benchmark of PROTOCOL.md's class orders, and ``run_continual(ContinualConfig)``,
+the function behind ``python -m continual.run``.
 
-__all__ = [
-    "COLUMNS", "METHODS", "SCOPE", "CondensedMemory", "ContinualConfig", "GDumbMemoryPlugin", "MemoryBuilder",
-    "ResultsTable", "class_order", "make_benchmark", "prepare", "read_results", "run_continual", "split_steps",
-    "step_seed", "training_seed",
-]
+Names are imported on first use, so ``python -m continual.run`` checks its input before Avalanche (slow to import)
+is loaded.
+"""
+import importlib
+import warnings
+
+# Avalanche imports qpsolvers (for GEM, unused here), which warns at import time when no QP solver is installed.
+warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
+
+_WHERE = {
+    "class_order": "benchmark", "experience_tensors": "benchmark", "make_benchmark": "benchmark",
+    "split_steps": "benchmark", "UPDATE_RULE": "builder", "check_options": "builder", "ContinualConfig": "config",
+    "prepare": "config", "run_continual": "experiment", "training_seed": "experiment", "METHODS": "builder",
+    "SCOPE": "builder", "MemoryBuilder": "builder", "step_seed": "builder", "CondensedMemory": "memory",
+    "as_avalanche": "memory", "GDumbMemoryPlugin": "plugin", "restore_": "plugin", "COLUMNS": "results",
+    "ResultsTable": "results", "read_results": "results",
+}
+_MODULES = ("benchmark", "builder", "config", "experiment", "memory", "plugin", "results", "run")
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    elif name in _MODULES:
+        value = importlib.import_module(f".{name}", __name__)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

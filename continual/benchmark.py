@@ -2,7 +2,8 @@
 
 The class order of seed ``s`` is PROTOCOL.md section 6's: ``np.random.seed(s); np.random.permutation(num_classes)``,
 split evenly into the steps. Labels are kept as they are (no remapping), so a network with a ``num_classes``-way head
-is trained on original labels, as in the paper.
+is trained on original labels, as in the paper. The experiences carry task labels (all 0) as those of Avalanche's
+Split* benchmarks do: a sample is ``(x, y, t)``.
 """
 from __future__ import annotations
 
@@ -47,32 +48,40 @@ class TensorImages(Dataset):
         return self.images[i], self.targets[i]
 
 
-def as_avalanche(images: torch.Tensor, labels: torch.Tensor):
-    """An Avalanche ClassificationDataset over two tensors (no copy)."""
-    from avalanche.benchmarks.utils import as_classification_dataset
-
-    return as_classification_dataset(TensorImages(images, labels))
-
-
 def make_benchmark(data: ImageDataset, order: Sequence[int], steps: int):
-    """Avalanche ``class_incremental_benchmark`` with train and test streams in the fixed ``order``."""
+    """Avalanche ``class_incremental_benchmark`` with train and test streams in the fixed ``order``.
+
+    The tensors are handed over as plain datasets, so Avalanche wraps them as it wraps any user dataset (task label 0
+    on every sample).
+    """
     from avalanche.benchmarks.scenarios import class_incremental_benchmark
 
     split_steps(order, steps)  # same check, dm_core's error type
-    streams = {"train": as_avalanche(data.x_train, data.y_train), "test": as_avalanche(data.x_test, data.y_test)}
+    streams = {"train": TensorImages(data.x_train, data.y_train), "test": TensorImages(data.x_test, data.y_test)}
     return class_incremental_benchmark(streams, class_order=list(order), num_experiences=steps)
 
 
-def dataset_tensors(dataset, batch_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
-    """All (image, label) pairs of any Avalanche classification dataset as two CPU tensors, in dataset order.
+def has_task_labels(dataset) -> bool:
+    """Whether an Avalanche dataset's samples end with a task label, ``(x, y, t)``."""
+    return hasattr(dataset, "targets_task_labels")
 
-    The eval view is used so that a user's train-time transforms do not leak into the memory builder.
+
+def experience_tensors(dataset, batch_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images, labels, task labels) of every sample of an Avalanche classification dataset, as CPU tensors.
+
+    The eval view is used so that a user's train-time augmentation does not leak into the memory. Datasets without
+    task labels get task label 0.
     """
     if len(dataset) == 0:
-        return torch.empty(0), torch.empty(0, dtype=torch.long)
+        return torch.empty(0), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
     view = dataset.eval() if hasattr(dataset, "eval") else dataset
-    xs, ys = [], []
+    xs, ys, ts = [], [], []
     for batch in DataLoader(view, batch_size=batch_size, shuffle=False, num_workers=0):
-        xs.append(batch[0])
+        xs.append(torch.as_tensor(batch[0]).float())
         ys.append(torch.as_tensor(batch[1], dtype=torch.long))
-    return torch.cat(xs), torch.cat(ys)
+        ts.append(torch.as_tensor(batch[2], dtype=torch.long) if len(batch) > 2 else torch.zeros_like(ys[-1]))
+    images = torch.cat(xs)
+    if images.dim() != 4:
+        raise DMError(f"the experience's images have shape {tuple(images.shape[1:])}; a condensed memory needs "
+                      f"C x H x W image tensors (add a ToTensor transform to the benchmark)")
+    return images, torch.cat(ys), torch.cat(ts)

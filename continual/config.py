@@ -1,21 +1,28 @@
-"""The one configuration of a continual run, validated once before any work starts."""
+"""The one configuration of a continual run, validated once before any work starts (and before anything is written)."""
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
 import torch
 
-from dm_core import DMError, ImageDataset, build_model, load_dataset, resolve_device
+from dm_core import CONDENSERS, DMError, ImageDataset, SyntheticSet, build_model, load_dataset, resolve_device
 
-METHODS = ("random", "herding", "dsa", "dm")
+from .builder import METHODS, check_options
+from .results import read_results
+
 CONFIG_FILE = "config.json"
+LOGGERS = ("text", "csv", "tensorboard")
+PRECISIONS = ("fp32", "bf16")
 # Fields that fix what a result means: a run directory accepts new methods, seeds and runs, but not a change of these.
 PROTOCOL_FIELDS = ("dataset", "steps", "ipc", "epochs", "iterations", "model", "max_train_per_class",
-                   "method_options")
+                   "method_options", "precision")
+# Fields that run directories from before they existed lack, with the value those runs used on the CPU.
+FORMER_DEFAULTS = {"precision": "fp32"}
 
 
 @dataclass(frozen=True)
@@ -25,7 +32,9 @@ class ContinualConfig:
     ``iterations`` (DM and DSA) and ``method_options`` ({method: {option: value}}) go to the memory builders; None
     keeps each method's default. ``model`` is the network trained on the memory and, unless an option says
     otherwise, the network the builders use. ``max_train_per_class`` keeps a fixed random subset of each class's
-    training images (None: all), a knob for CPU-sized runs.
+    training images (None: all), a knob for CPU-sized runs. ``precision`` is that of the training and of the
+    builders ("fp32", the reference's, or "bf16"). ``loggers`` are Avalanche's loggers of the evaluations: "text"
+    into log.txt, "csv" and "tensorboard" under logs/.
     """
 
     out: Path = Path("runs/continual")
@@ -41,6 +50,8 @@ class ContinualConfig:
     model: str = "convnet"
     max_train_per_class: int | None = None
     method_options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    precision: str = "fp32"
+    loggers: tuple[str, ...] = ("text",)
     device: str = "auto"
     threads: int | None = None
     progress: bool = True
@@ -49,15 +60,17 @@ class ContinualConfig:
         values = dataclasses.asdict(self)
         values["out"] = str(self.out)
         values["methods"], values["seeds"] = list(self.methods), list(self.seeds)
+        values["loggers"] = list(self.loggers)
         values["method_options"] = {m: dict(o) for m, o in self.method_options.items()}
         return values
 
     def builder_options(self, method: str) -> dict:
         """The options ``dm_core.make_set`` gets for ``method``."""
         options: dict = {}
-        if method in ("dm", "dsa", "herding"):
+        if method in CONDENSERS or method == "herding":  # dm, dsa, DM's successors and herding
             options["model"] = self.model
-        if method in ("dm", "dsa") and self.iterations is not None:
+            options["precision"] = self.precision
+        if method in CONDENSERS and self.iterations is not None:
             options["iterations"] = self.iterations
         options.update(self.method_options.get(method, {}))
         return options
@@ -70,8 +83,6 @@ def _check_fields(config: ContinualConfig) -> None:
     stray = sorted(set(config.method_options) - set(METHODS))
     if stray:
         raise DMError(f"options given for unknown method(s) {', '.join(stray)}: use {', '.join(METHODS)}")
-    if "random" in config.method_options and config.method_options["random"]:
-        raise DMError("random selection takes no options")
     for name, value, least in (("steps", config.steps, 1), ("ipc", config.ipc, 1), ("runs", config.runs, 1),
                                ("epochs", config.epochs, 1), ("iterations", config.iterations, 1),
                                ("max-train-per-class", config.max_train_per_class, 1), ("threads", config.threads, 1)):
@@ -79,21 +90,53 @@ def _check_fields(config: ContinualConfig) -> None:
             raise DMError(f"--{name} must be at least {least}, got {value}")
     if not config.seeds or len(set(config.seeds)) != len(config.seeds) or min(config.seeds) < 0:
         raise DMError(f"--seeds must be distinct non-negative integers, got {list(config.seeds)}")
+    if config.precision not in PRECISIONS:
+        raise DMError(f"unknown precision {config.precision!r}: use {' or '.join(PRECISIONS)}")
+    bad = [name for name in config.loggers if name not in LOGGERS]
+    if bad or not config.loggers:
+        raise DMError(f"unknown logger {', '.join(bad) or '(none)'}: use a comma-separated list of "
+                      f"{', '.join(LOGGERS)}")
+    if "tensorboard" in config.loggers:
+        try:
+            import tensorboard  # noqa: F401  (what Avalanche's TensorboardLogger writes with)
+        except ImportError:
+            raise DMError("--logger tensorboard needs the tensorboard package: pip install tensorboard") from None
+    # every method that will run, and every method given options, is checked against dm_core's configs
+    for method in sorted(set(config.methods) | set(config.method_options)):
+        check_options(method, config.ipc, config.builder_options(method))
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise DMError(f"--out {out} is a file, not a run directory: give a folder")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise DMError(f"cannot write the run directory {out}: {existing} is not a writable folder")
 
 
 def _check_run_dir(config: ContinualConfig) -> None:
-    path = Path(config.out) / CONFIG_FILE
-    if not path.is_file():
-        return
-    try:
-        old = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise DMError(f"{path} is not readable ({exc}): use another --out") from None
-    new = config.to_json()
-    changed = [k for k in PROTOCOL_FIELDS if old.get(k) != new[k]]
-    if changed:
-        diffs = "; ".join(f"{k} {old.get(k)!r} -> {new[k]!r}" for k in changed)
-        raise DMError(f"{config.out} holds a run with other settings ({diffs}): use another --out to start afresh")
+    """An existing run directory must hold the same protocol, a readable results file and readable memory files."""
+    out = Path(config.out)
+    path = out / CONFIG_FILE
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(old, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as exc:
+            raise DMError(f"{path} is not readable ({exc}): use another --out") from None
+        new = config.to_json()
+        changed = [k for k in PROTOCOL_FIELDS if old.get(k, FORMER_DEFAULTS.get(k)) != new[k]]
+        if changed:
+            diffs = "; ".join(f"{k} {old.get(k, FORMER_DEFAULTS.get(k))!r} -> {new[k]!r}" for k in changed)
+            raise DMError(f"{config.out} holds a run with other settings ({diffs}): use another --out to start "
+                          f"afresh")
+    if (out / "results.csv").exists():
+        read_results(out / "results.csv")
+    for memory_file in sorted((out / "memory").glob("*/seed*/step*.pt")):
+        SyntheticSet.load(memory_file)
 
 
 def cap_per_class(data: ImageDataset, per_class: int | None, seed: int = 0) -> ImageDataset:
@@ -110,14 +153,17 @@ def cap_per_class(data: ImageDataset, per_class: int | None, seed: int = 0) -> I
 
 
 def prepare(config: ContinualConfig) -> ImageDataset:
-    """Validate everything that can be checked before work starts; return the (capped) dataset."""
+    """Validate everything that can be checked before work starts; return the (capped) dataset. Writes nothing."""
     _check_fields(config)
+    _check_out(Path(config.out))
     resolve_device(config.device)
+    _check_run_dir(config)
     data = cap_per_class(load_dataset(config.dataset, config.data_root), config.max_train_per_class)
     if data.num_classes % config.steps:
         raise DMError(f"--steps {config.steps} does not divide the {data.num_classes} classes of {data.name}: "
                       f"use a divisor of {data.num_classes}")
     data.check_ipc(config.ipc)
-    build_model(config.model, data.channels, data.num_classes, data.image_size)  # unknown names fail here
-    _check_run_dir(config)
+    models = {config.model} | {str(o["model"]) for o in config.method_options.values() if "model" in o}
+    for name in sorted(models):  # unknown network names fail here, not after the first memory is built
+        build_model(name, data.channels, data.num_classes, data.image_size)
     return data

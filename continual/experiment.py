@@ -1,21 +1,25 @@
 """The whole protocol of PROTOCOL.md section 6 as one function: ``run_continual(config)``.
 
 For every memory method and class order (seed), the Avalanche benchmark is replayed step by step. At each step the
-memory gets the new classes (built once per (method, seed, step) and kept as a synthetic-set file), a network is
-re-initialised and trained from scratch on the whole memory by ``GDumbMemoryPlugin``, and Avalanche's evaluation
-plugin measures the accuracy on the test images of every class seen so far. Each finished (method, seed, run, step)
-is a row of ``results.csv`` written before the next unit starts, so an interrupted run resumes where it stopped.
+memory takes the new classes in (built once per (method, seed, step) and kept as a synthetic-set file), the network
+goes back to its initial values and is trained from scratch on the whole memory by ``GDumbMemoryPlugin``, and
+Avalanche's evaluation plugin measures the accuracy on the test images of every class seen so far and on each seen
+test experience. Each finished (method, seed, run, step) is a row of ``results.csv`` appended before the next unit
+starts, so an interrupted run resumes where it stopped, and several processes can share one run directory.
 
 Run directory::
 
-    OUT/config.json                           the resolved configuration
-    OUT/results.csv                           dataset, method, steps, ipc, seed, run, step, classes_seen, accuracy
+    OUT/config.json                           the resolved configuration (of the last process started)
+    OUT/results.csv                           one row per unit, see continual.results
     OUT/log.txt                               timings per unit and Avalanche's text log of every evaluation
-    OUT/memory/METHOD/seedS/stepTT.pt         the new classes' memory of step TT (dm_core SyntheticSet)
+    OUT/logs/csv/METHOD/seedS/runR/           Avalanche's CSVLogger files (with --logger csv)
+    OUT/logs/tensorboard/METHOD/seedS/runR/   Avalanche's TensorboardLogger events (with --logger tensorboard)
+    OUT/memory/METHOD/seedS/stepTT.pt         the memory of the classes of step TT (dm_core SyntheticSet)
 """
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import TextIO
@@ -23,15 +27,16 @@ from typing import TextIO
 import torch
 from tqdm.auto import tqdm
 
-from dm_core import ImageDataset, TrainConfig, atomic_write_text, build_model, resolve_device
+from dm_core import ImageDataset, TrainConfig, atomic_write_text, build_model, make_generator, reinit_, resolve_device
 
 from .benchmark import class_order, make_benchmark
 from .config import CONFIG_FILE, ContinualConfig, prepare
-from .memory import CondensedMemory, MemoryBuilder
+from .memory import CondensedMemory
 from .plugin import GDumbMemoryPlugin
 from .results import ResultsTable
 
 STREAM_ACCURACY = "Top1_Acc_Stream/eval_phase/test_stream"
+EXPERIENCE_ACCURACY = re.compile(r"^Top1_Acc_Exp/eval_phase/test_stream(?:/Task\d+)?/Exp(\d+)$")
 
 
 def training_seed(order_seed: int, run: int) -> int:
@@ -50,18 +55,46 @@ class RunLog:
         self.file.flush()
 
 
+def make_loggers(names, out: Path, unit: str, log_file: TextIO) -> list:
+    """Avalanche's own logger classes: TextLogger into log.txt, CSVLogger and TensorboardLogger under OUT/logs."""
+    from avalanche.logging import CSVLogger, TensorboardLogger, TextLogger
+
+    loggers = []
+    for name in names:
+        if name == "text":
+            loggers.append(TextLogger(log_file))
+        elif name == "csv":
+            loggers.append(CSVLogger(log_folder=str(out / "logs" / "csv" / unit)))
+        elif name == "tensorboard":
+            loggers.append(TensorboardLogger(tb_log_dir=str(out / "logs" / "tensorboard" / unit)))
+    return loggers
+
+
+def close_loggers(loggers: list) -> None:
+    for logger in loggers:
+        if hasattr(logger, "close"):
+            logger.close()
+        elif hasattr(logger, "writer"):
+            logger.writer.close()
+
+
 def make_strategy(model: torch.nn.Module, plugin: GDumbMemoryPlugin, train_config: TrainConfig,
-                  device: torch.device, log_file: TextIO):
+                  device: torch.device, loggers: list):
     """A plain Avalanche Naive strategy that runs no epochs of its own: the plugin trains, Avalanche evaluates."""
     from avalanche.evaluation.metrics import accuracy_metrics
-    from avalanche.logging import TextLogger
     from avalanche.training import Naive
     from avalanche.training.plugins import EvaluationPlugin
 
-    evaluator = EvaluationPlugin(accuracy_metrics(experience=True, stream=True), loggers=[TextLogger(log_file)])
+    evaluator = EvaluationPlugin(accuracy_metrics(experience=True, stream=True), loggers=loggers)
     optimizer = torch.optim.SGD(model.parameters(), lr=train_config.lr)  # unused: train_epochs=0
     return Naive(model=model, optimizer=optimizer, train_mb_size=train_config.batch_size, train_epochs=0,
                  eval_mb_size=1024, device=device, plugins=[plugin], evaluator=evaluator)
+
+
+def experience_accuracies(metrics: dict, seen: int) -> list[float]:
+    """The accuracy on each test experience 0..seen-1 from Avalanche's metric dictionary."""
+    found = {int(m.group(1)): float(v) for k, v in metrics.items() if (m := EXPERIENCE_ACCURACY.match(k))}
+    return [found[e] for e in range(seen)]
 
 
 def run_continual(config: ContinualConfig, data: ImageDataset | None = None) -> Path:
@@ -73,7 +106,7 @@ def run_continual(config: ContinualConfig, data: ImageDataset | None = None) -> 
     atomic_write_text(out / CONFIG_FILE, json.dumps(config.to_json(), indent=2) + "\n")
     device = resolve_device(config.device)
     table = ResultsTable(out / "results.csv")
-    train_config = TrainConfig(epochs=config.epochs)
+    train_config = TrainConfig(epochs=config.epochs, precision=config.precision)
     units = [(m, s, r) for m in config.methods for s in config.seeds for r in range(config.runs)]
     with open(out / "log.txt", "a", encoding="utf-8") as log_file:
         log = RunLog(log_file)
@@ -81,28 +114,33 @@ def run_continual(config: ContinualConfig, data: ImageDataset | None = None) -> 
         bar = tqdm(units, desc="continual", disable=not config.progress, dynamic_ncols=True)
         for method, seed, run in bar:
             bar.set_postfix_str(f"{method} seed {seed} run {run}")
+            table.refresh()  # another process may have finished units meanwhile
             if all(table.done(method, config.steps, seed, run, t) for t in range(config.steps)):
                 continue
-            builder = MemoryBuilder(method, config.ipc, data, seed=seed, device=str(device),
-                                    options=config.builder_options(method),
-                                    cache_dir=out / "memory" / method / f"seed{seed}", progress=config.progress)
-            run_order(config, data, builder, run, table, train_config, device, log)
+            loggers = make_loggers(config.loggers, out, f"{method}/seed{seed}/run{run}", log_file)
+            try:
+                run_order(config, data, method, seed, run, table, train_config, device, log, loggers)
+            finally:
+                close_loggers(loggers)
         bar.close()
         log("done")
     return table.path
 
 
-def run_order(config: ContinualConfig, data: ImageDataset, builder: MemoryBuilder, run: int, table: ResultsTable,
-              train_config: TrainConfig, device: torch.device, log: RunLog) -> None:
+def run_order(config: ContinualConfig, data: ImageDataset, method: str, seed: int, run: int, table: ResultsTable,
+              train_config: TrainConfig, device: torch.device, log: RunLog, loggers: list) -> None:
     """One training run over every step of one class order; skips the steps already in ``table``."""
-    method, seed = builder.method, builder.seed
-    order = class_order(seed, data.num_classes)
-    benchmark = make_benchmark(data, order, config.steps)
-    memory = CondensedMemory(builder)
+    benchmark = make_benchmark(data, class_order(seed, data.num_classes), config.steps)
+    # The stream is already normalised with the dataset's statistics: mean 0 / std 1 leaves it as it is.
+    memory = CondensedMemory(method, config.ipc, seed=seed, device=str(device), num_classes=data.num_classes,
+                             mean=(0.0,) * data.channels, std=(1.0,) * data.channels, name=data.name,
+                             cache_dir=Path(config.out) / "memory" / method / f"seed{seed}", progress=config.progress,
+                             **config.builder_options(method))
     model = build_model(config.model, data.channels, data.num_classes, data.image_size)
+    reinit_(model, make_generator(training_seed(seed, run), torch.device("cpu")))  # the initial values, seeded
     plugin = GDumbMemoryPlugin(memory, seed=training_seed(seed, run), train_config=train_config,
                                progress=config.progress)
-    strategy = make_strategy(model, plugin, train_config, device, log.file)
+    strategy = make_strategy(model, plugin, train_config, device, loggers)
     steps = tqdm(benchmark.train_stream, desc="steps", leave=False, disable=not config.progress,
                  dynamic_ncols=True)
     for experience in steps:
@@ -114,12 +152,26 @@ def run_order(config: ContinualConfig, data: ImageDataset, builder: MemoryBuilde
             continue
         strategy.train(experience)
         trained = time.perf_counter()
-        accuracy = float(strategy.eval(benchmark.test_stream[:step + 1])[STREAM_ACCURACY])
-        seen = len(memory.memories)
-        table.add({"dataset": data.name, "method": method, "steps": config.steps, "ipc": config.ipc, "seed": seed,
-                   "run": run, "step": step, "classes_seen": seen, "accuracy": accuracy})
-        log(f"{method} seed={seed} run={run} step={step} classes_seen={seen} accuracy={accuracy:.4f} "
-            f"memory_s={built - started:.1f} train_s={trained - built:.1f} "
-            f"eval_s={time.perf_counter() - trained:.1f}")
-        steps.set_postfix_str(f"acc {accuracy:.3f}")
+        metrics = strategy.eval(benchmark.test_stream[:step + 1])
+        accuracy, per_experience = float(metrics[STREAM_ACCURACY]), experience_accuracies(metrics, step + 1)
+        seen = len(memory.classes())
+        written = table.add({"dataset": data.name, "method": method, "steps": config.steps, "ipc": config.ipc,
+                             "seed": seed, "run": run, "step": step, "classes_seen": seen,
+                             "accuracy_fraction": accuracy, "experience_accuracy_fraction": per_experience,
+                             "precision": config.precision})
+        log(f"{method} seed={seed} run={run} step={step} classes_seen={seen} accuracy={100 * accuracy:.2f}% "
+            f"experiences=[{' '.join(f'{100 * a:.1f}' for a in per_experience)}]% memory_s={built - started:.1f} "
+            f"train_s={trained - built:.1f} eval_s={time.perf_counter() - trained:.1f}"
+            + ("" if written else " (already recorded by another process)"))
+        steps.set_postfix_str(f"acc {100 * accuracy:.1f}%")
     steps.close()
+
+
+def final_accuracies(config: ContinualConfig, table: ResultsTable) -> dict:
+    """{method: mean accuracy (%) after the last step over this configuration's seeds and runs}."""
+    finals: dict = {}
+    for row in table.rows:
+        if row["step"] == config.steps - 1 and row["method"] in config.methods and row["seed"] in config.seeds \
+                and row["run"] < config.runs and row["steps"] == config.steps:
+            finals.setdefault(row["method"], []).append(100 * row["accuracy_fraction"])
+    return {m: round(sum(v) / len(v), 2) for m, v in finals.items()}

@@ -4,10 +4,12 @@ PROTOCOL.md section 3: each draw picks ONE of the groups color / crop / cutout /
 random and applies it. Two ways of drawing, as in the reference code:
 
 - Siamese mode (condensation): one draw (group and parameters) per class, shared by that class's real and synthetic
-  images through ``apply(x, params, groups)``. The groups of a batch differ from class to class, so all four geometric
-  groups are folded into ONE per-sample affine ``grid_sample`` (identity where a non-geometric group was picked), and
-  colour and cutout are per-sample elementwise ops with neutral parameters where not picked: no Python branch depends
-  on a draw, so there is no host sync.
+  images. When the groups were drawn on the host (``sample_params(..., host=generator)``, or any draw on the CPU),
+  only the groups drawn are computed, each on the samples that drew it: ``apply_runs`` for samples grouped by draw
+  (DM sorts its classes by group so that one call covers every class of a group), ``apply`` for any grouping. Draws
+  that live on a GPU take the branchless path instead: the four geometric groups folded into ONE per-sample affine
+  ``grid_sample`` (identity where a non-geometric group was picked), colour and cutout as per-sample elementwise ops
+  with neutral parameters where not picked, so no Python branch depends on a draw and nothing waits for the device.
 - Training mode (evaluation, DSA's inner loop; ``DiffAugment``): ONE group per call, i.e. per mini-batch, with that
   group's parameters drawn independently per sample. The group is drawn from a host generator, so only the op that
   was drawn is computed (``apply_op``), still without a host sync.
@@ -35,7 +37,11 @@ ROTATE_DEGREES = 15.0
 
 @dataclass(frozen=True)
 class AugmentParams:
-    """One row per draw. ``op`` indexes OPS; ``u`` holds the uniforms every op reads its parameters from."""
+    """One row per draw. ``op`` indexes OPS; ``u`` holds the uniforms every op reads its parameters from.
+
+    ``op`` may live on the CPU while ``u`` lives on the GPU (groups drawn on the host): the groups are then known
+    without a device sync, and only the drawn ones are computed.
+    """
 
     op: torch.Tensor  # (G,) long
     u: torch.Tensor  # (G, 11) float in [0, 1)
@@ -53,20 +59,77 @@ def parse_strategy(strategy: str) -> torch.Tensor:
 
 
 def sample_params(num_draws: int, generator: torch.Generator, device: torch.device,
-                  strategy: str = DEFAULT_STRATEGY) -> AugmentParams:
-    """Draw ``num_draws`` independent augmentations (two RNG calls, whatever their number)."""
-    allowed = parse_strategy(strategy).to(device)
-    pick = torch.randint(len(allowed), (num_draws,), generator=generator, device=device)
+                  strategy: str = DEFAULT_STRATEGY, host: torch.Generator | None = None) -> AugmentParams:
+    """Draw ``num_draws`` independent augmentations (two RNG calls, whatever their number).
+
+    With ``host`` (a CPU generator) the groups are drawn there and stay on the CPU, the parameters on ``device``.
+    """
+    allowed = parse_strategy(strategy)
+    if host is None:
+        allowed = allowed.to(device)
+    pick = torch.randint(len(allowed), (num_draws,), generator=host if host is not None else generator,
+                         device=allowed.device)
     u = torch.rand(num_draws, 11, generator=generator, device=device)
     return AugmentParams(allowed[pick], u)
 
 
 def apply(x: torch.Tensor, params: AugmentParams, groups: torch.Tensor | None = None) -> torch.Tensor:
-    """Augment ``x`` (N, C, H, W); sample i uses draw ``groups[i]`` (draw i when ``groups`` is None)."""
+    """Augment ``x`` (N, C, H, W); sample i uses draw ``groups[i]`` (draw i when ``groups`` is None).
+
+    Draws whose groups are on the CPU compute only the groups drawn (``groups`` must then be on the CPU too); draws
+    on a GPU take the branchless path (every group's work for every sample, no sync).
+    """
     p = params if groups is None else params.take(groups)
-    n, _, height, width = x.shape
+    n = x.shape[0]
     if p.op.shape[0] != n:
         raise ValueError(f"{p.op.shape[0]} augmentation draws for {n} images")
+    if p.op.device.type == "cpu":
+        return _apply_drawn(x, p)
+    return _apply_mixed(x, p)
+
+
+def apply_runs(x: torch.Tensor, params: AugmentParams, run: int) -> torch.Tensor:
+    """Augment ``x`` whose samples come in runs of ``run``: samples [g * run, (g + 1) * run) use draw g.
+
+    Needs the groups on the host (``params.op`` on the CPU). Only the drawn groups are computed, one call for each
+    stretch of consecutive draws of the same group, on slices of ``x`` (no index tensors, so no host-to-device copy).
+    """
+    ops = params.op.tolist()
+    if len(ops) * run != x.shape[0]:
+        raise ValueError(f"{len(ops)} augmentation draws of {run} images each for {x.shape[0]} images")
+    pieces, start = [], 0
+    for end in range(1, len(ops) + 1):
+        if end == len(ops) or ops[end] != ops[start]:
+            u = params.u[start:end].repeat_interleave(run, dim=0)
+            pieces.append(apply_op(x[start * run:end * run], OPS[ops[start]], u))
+            start = end
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
+def order_by_group(params: AugmentParams) -> list[int]:
+    """Draw indices sorted (stably) by group, so that draws of one group are adjacent: ``apply_runs`` then makes
+    one call per group."""
+    ops = params.op.tolist()
+    return sorted(range(len(ops)), key=ops.__getitem__)
+
+
+def _apply_drawn(x: torch.Tensor, p: AugmentParams) -> torch.Tensor:
+    """Each drawn group on the samples that drew it (groups known on the host)."""
+    ops = p.op.tolist()
+    present = sorted(set(ops))
+    if len(present) == 1:
+        return apply_op(x, OPS[present[0]], p.u)
+    pieces, where = [], []
+    for code in present:
+        index = torch.tensor([i for i, o in enumerate(ops) if o == code], device=x.device)
+        pieces.append(apply_op(x[index], OPS[code], p.u[index.to(p.u.device)]))
+        where.append(index)
+    return torch.cat(pieces)[torch.argsort(torch.cat(where))]
+
+
+def _apply_mixed(x: torch.Tensor, p: AugmentParams) -> torch.Tensor:
+    """Every group's work for every sample, neutral where another group was drawn: no branch on a draw."""
+    n, _, height, width = x.shape
     op, u = p.op, p.u.to(x.dtype)
 
     def picked(name: str) -> torch.Tensor:

@@ -112,9 +112,9 @@ def embedding(net, x: torch.Tensor) -> torch.Tensor:
 
 
 def dm_memory_format(device: torch.device, precision: str) -> torch.memory_format:
-    """channels_last on the CPU: a DM iteration measured 1.3 to 1.45x faster with it there (benchmarks/speed.py;
-    oneDNN convolves NHWC without reordering, and average pooling is far cheaper on NHWC); elsewhere the run's
-    format (``precision.memory_format``)."""
+    """channels_last on the CPU: one pass of 2 classes (ConvNet, CIFAR-shaped, 64 real images per class) measured
+    1.45x faster eager and 1.3x faster compiled with it on this project's CPU (oneDNN convolves NHWC without
+    reordering, and average pooling is far cheaper on NHWC); elsewhere the run's format (``precision.memory_format``)."""
     return torch.channels_last if device.type == "cpu" else memory_format(device, precision)
 
 

@@ -11,9 +11,12 @@ from .errors import DMError
 from .nets import check_model_name
 from .precision import check_precision
 from .select import select_herding, select_random
+from .successors import SUCCESSORS
 from .synset import SyntheticSet
 
-METHODS = ("random", "herding", "dm", "dsa")
+METHODS = ("random", "herding", "dm", "dsa", *SUCCESSORS)
+# methods that condense by an iterative optimisation: their configuration, and a checkpoint while they run
+CONDENSERS = {"dm": DMConfig, "dsa": DSAConfig, **{name: config for name, (config, _) in SUCCESSORS.items()}}
 HERDING_OPTIONS = ("model", "epochs", "batch_size", "precision")
 
 
@@ -22,7 +25,27 @@ def _config(cls, ipc: int, seed: int, options: dict):
     unknown = sorted(set(options) - names)
     if unknown:
         raise DMError(f"unknown option(s) {', '.join(unknown)} for {cls.__name__}: use {', '.join(sorted(names))}")
+    for name in ("ipc", "seed"):
+        if name in options:
+            raise DMError(f"{name} is not an option here: it is given as --{name} (or the {name}= argument)")
+    for f in dataclasses.fields(cls):
+        if f.name in options:
+            _check_type(cls.__name__, f.name, str(f.type), options[f.name])
     return cls(ipc=ipc, seed=seed, **options)
+
+
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,)}
+
+
+def _check_type(owner: str, name: str, annotation: str, value) -> None:
+    """Refuse a value whose type the field's annotation (e.g. "int | None", "float") does not allow."""
+    allowed = [part.strip() for part in annotation.split("|")]
+    if value is None and "None" in allowed:
+        return
+    kinds = tuple(t for part in allowed for t in _TYPES.get(part, (object,)))
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        wanted = " or ".join(p for p in allowed)
+        raise DMError(f"{owner} option {name} must be {wanted}, got {value!r}")
 
 
 def check_options(method: str, ipc: int, seed: int = 0, **options) -> None:
@@ -47,7 +70,7 @@ def check_options(method: str, ipc: int, seed: int = 0, **options) -> None:
                 raise DMError(f"herding {name} must be a positive integer, got {options[name]!r}")
     else:
         try:
-            _config(DMConfig if method == "dm" else DSAConfig, ipc, seed, options)
+            _config(CONDENSERS[method], ipc, seed, options)
         except TypeError as exc:  # a value of the wrong type, e.g. a string where a number goes
             raise DMError(f"bad {method} option: {exc}") from None
 
@@ -57,8 +80,9 @@ def make_set(method: str, data: ImageDataset, ipc: int, classes: Sequence[int] |
              **options) -> SyntheticSet:
     """Build an ``ipc``-images-per-class set of ``classes`` (all by default) with ``method``.
 
-    ``options`` are fields of the method's configuration (``DMConfig``, ``DSAConfig``; for herding ``model``,
-    ``epochs``, ``batch_size``); options that are None are dropped, so CLI defaults pass through.
+    ``options`` are fields of the method's configuration (``DMConfig``, ``DSAConfig``, ``M3DConfig``, ``IDMConfig``,
+    ``DataDAMConfig``, ``DDMConfig``; for herding ``model``, ``epochs``, ``batch_size``); options that are None are
+    dropped, so CLI defaults pass through.
     """
     options = {k: v for k, v in options.items() if v is not None}
     if method == "random":
@@ -77,4 +101,7 @@ def make_set(method: str, data: ImageDataset, ipc: int, classes: Sequence[int] |
     if method == "dsa":
         return condense_dsa(data, _config(DSAConfig, ipc, seed, options), classes, device, checkpoint, resume,
                             progress)
+    if method in SUCCESSORS:
+        config_type, condense = SUCCESSORS[method]
+        return condense(data, _config(config_type, ipc, seed, options), classes, device, checkpoint, resume, progress)
     raise DMError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")

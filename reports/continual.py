@@ -1,4 +1,4 @@
-"""Figures 6 and 7 of DM (continual learning) and the table of final accuracies, from results CSVs only.
+"""Figures 6 and 7 of DM (continual learning), the accuracy matrices and forgetting, from results CSVs only.
 
     python -m reports continual RESULTS.csv [RUN_DIR ...] --out DIR
 
@@ -6,13 +6,21 @@ Each input is a ``results.csv`` written by ``python -m continual.run`` (or a run
 (dataset, steps) found it draws test accuracy against the number of classes seen, one curve per memory method, the
 mean over class orders x training runs with a +-1 std band, and -- for CIFAR-100, the paper's setting -- the paper's
 final accuracies as markers (PROTOCOL.md section 6). 5 steps -> figure6.{png,pdf}, 10 steps -> figure7.{png,pdf}.
-It also writes final_accuracy.md and final_accuracy.csv. Nothing is trained here.
+Beside each figure, FIGURE_matrix.{png,pdf} shows every method's accuracy matrix (row t: after step t; column e:
+accuracy on the test images of experience e), with its average forgetting in the title. It also writes
+final_accuracy.md / final_accuracy.csv (final accuracy and average forgetting per method) and accuracy_matrix.md.
+All accuracies are in percent. Nothing is trained here.
+
+Average forgetting (Chaudhry et al. 2018) of one class order and run, after the last step T: the mean over the
+experiences e < T of max_{e <= t < T} a[t][e] - a[T][e], in percentage points; mean and std over orders x runs.
+Rows from results files older than the per-experience column have no matrix and no forgetting.
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import io
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -31,8 +39,56 @@ PAPER_FINAL = {5: {"dm": 34.4, "dsa": 31.7, "herding": 28.2, "random": 24.8},
                10: {"dm": 34.6, "dsa": 30.5, "herding": 27.4, "random": 24.8}}
 PAPER_DATASET = "cifar100"
 FIGURE_NUMBER = {5: 6, 10: 7}
-INT_FIELDS = ("steps", "ipc", "seed", "run", "step", "classes_seen")
-REQUIRED = ("dataset", "method", "steps", "seed", "run", "step", "classes_seen", "accuracy")
+INT_FIELDS = ("steps", "seed", "run", "step", "classes_seen")
+REQUIRED = ("dataset", "method", "steps", "seed", "run", "step", "classes_seen")
+FRACTION = ("accuracy_fraction", "accuracy")  # the column's name now, and in files written before it was renamed
+PER_EXPERIENCE = "experience_accuracy_fraction"
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{text!r} is not a fraction in [0, 1]")
+    return value
+
+
+def _typed(row: dict, accuracy_column: str) -> dict:
+    if None in row or None in row.values():
+        raise ValueError("a row with a different number of fields than the header")
+    typed = {**row, **{k: int(row[k]) for k in INT_FIELDS}, "accuracy": 100 * _fraction(row[accuracy_column])}
+    if typed["steps"] < 1 or not 0 <= typed["step"] < typed["steps"]:
+        raise ValueError(f"step {typed['step']} of {typed['steps']} steps")
+    per_experience = [100 * _fraction(v) for v in (row.get(PER_EXPERIENCE) or "").split()]
+    if per_experience and len(per_experience) != typed["step"] + 1:
+        raise ValueError(f"{len(per_experience)} experience accuracies at step {typed['step']}")
+    typed["experience_accuracy"] = per_experience
+    return typed
+
+
+def read_file(path: Path) -> list[dict]:
+    """Typed rows of one results CSV, accuracies in percent; anything malformed is one DMError naming the line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DMError(f"{path} is not a readable results file ({type(exc).__name__}): give a results.csv written "
+                      f"by continual.run") from None
+    reader = csv.DictReader(io.StringIO(text))
+    try:
+        fields = reader.fieldnames or ()
+        missing = [c for c in REQUIRED if c not in fields]
+        accuracy_column = next((c for c in FRACTION if c in fields), None)
+        if missing or accuracy_column is None:
+            missing += [] if accuracy_column else [FRACTION[0]]
+            raise DMError(f"{path} is not a continual results file (missing {', '.join(missing)})")
+        rows = []
+        for row in reader:
+            try:
+                rows.append(_typed(row, accuracy_column))
+            except (ValueError, TypeError) as exc:
+                raise DMError(f"{path}, line {reader.line_num}: {exc}: fix or remove that line") from None
+        return rows
+    except csv.Error as exc:
+        raise DMError(f"{path}, line {reader.line_num}: not CSV ({exc})") from None
 
 
 def load_rows(paths: list[Path]) -> list[dict]:
@@ -42,21 +98,39 @@ def load_rows(paths: list[Path]) -> list[dict]:
         path = path / "results.csv" if path.is_dir() else path
         if not path.is_file():
             raise DMError(f"no results file at {path}")
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in REQUIRED if c not in (reader.fieldnames or ())]
-            if missing:
-                raise DMError(f"{path} is not a continual results file (missing {', '.join(missing)})")
-            for row in reader:
-                typed = {**row, **{k: int(row[k]) for k in INT_FIELDS if k in row},
-                         "accuracy": 100 * float(row["accuracy"])}
-                key = tuple(typed.get(k) for k in ("dataset", "method", "steps", "ipc", "seed", "run", "step"))
-                if key not in seen:
-                    seen.add(key)
-                    rows.append(typed)
+        for typed in read_file(path):
+            key = tuple(typed.get(k) for k in ("dataset", "method", "steps", "ipc", "seed", "run", "step"))
+            if key not in seen:
+                seen.add(key)
+                rows.append(typed)
     if not rows:
         raise DMError("the results files hold no rows")
     return rows
+
+
+def matrices(rows: list[dict]) -> dict:
+    """{(dataset, steps, method): {(seed, run): steps x steps array}} of the units whose every step has its
+    per-experience accuracies (NaN above the diagonal)."""
+    units: dict = defaultdict(dict)
+    for r in rows:
+        if r["experience_accuracy"]:
+            units[(r["dataset"], r["steps"], r["method"], r["seed"], r["run"])][r["step"]] = r["experience_accuracy"]
+    found: dict = defaultdict(dict)
+    for (dataset, steps, method, seed, run), by_step in sorted(units.items()):
+        if len(by_step) == steps:
+            matrix = np.full((steps, steps), np.nan)
+            for t, values in by_step.items():
+                matrix[t, :t + 1] = values
+            found[(dataset, steps, method)][(seed, run)] = matrix
+    return found
+
+
+def average_forgetting(matrix: np.ndarray) -> float:
+    """Mean over experiences e < T of (best accuracy on e before the last step) - (accuracy on e after it)."""
+    last = matrix.shape[0] - 1
+    if last == 0:
+        return 0.0
+    return float(np.mean([matrix[e:last, e].max() - matrix[last, e] for e in range(last)]))
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -107,6 +181,12 @@ def plot(curves: dict, dataset: str, steps: int, ipc: str, reference: bool, stem
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, frameon=False)
     fig.tight_layout()
+    return save_figure(fig, stem)
+
+
+def save_figure(fig, stem: Path) -> list[Path]:
+    import matplotlib.pyplot as plt
+
     written = []
     for suffix in ("png", "pdf"):
         buffer = io.BytesIO()
@@ -116,21 +196,62 @@ def plot(curves: dict, dataset: str, steps: int, ipc: str, reference: bool, stem
     return written
 
 
-def final_table(summary: dict, ipcs: dict) -> tuple[str, str]:
-    """(markdown, csv) of the accuracy after the last step, with the paper's number where it applies."""
+def forgetting_summary(units: dict) -> tuple[float, float, int]:
+    """(mean, std, n) of the average forgetting over the units (class orders x runs) of one method."""
+    values = [average_forgetting(m) for m in units.values()]
+    return float(np.mean(values)), float(np.std(values)), len(values)
+
+
+def plot_matrices(found: dict, dataset: str, steps: int, stem: Path) -> list[Path]:
+    """One heatmap per method: mean accuracy (%) on experience e (column) after step t (row)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = ordered(m for d, s, m in found if (d, s) == (dataset, steps))
+    fig, axes = plt.subplots(1, len(methods), figsize=(2.6 * len(methods) + 0.6, 2.9), dpi=150, squeeze=False)
+    for ax, method in zip(axes[0], methods):
+        units = found[(dataset, steps, method)]
+        mean = np.mean(np.stack(list(units.values())), axis=0)
+        forgetting, spread, n = forgetting_summary(units)
+        image = ax.imshow(mean, vmin=0, vmax=100, cmap="viridis")
+        for t in range(steps):
+            for e in range(t + 1):
+                if steps <= 10:
+                    ax.text(e, t, f"{mean[t, e]:.0f}", ha="center", va="center", fontsize=6,
+                            color="white" if mean[t, e] < 60 else "black")
+        ax.set_title(f"{LABELS.get(method, method)}: forgetting {forgetting:.1f}\u00b1{spread:.1f} (n={n})",
+                     fontsize=7)
+        ax.set_xlabel("test experience", fontsize=7)
+        ax.set_ylabel("after step", fontsize=7)
+        ax.set_xticks(range(steps))
+        ax.set_yticks(range(steps))
+        ax.tick_params(labelsize=6)
+    fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label="accuracy (%)")
+    return save_figure(fig, stem)
+
+
+def final_table(summary: dict, ipcs: dict, found: dict) -> tuple[str, str]:
+    """(markdown, csv) of the accuracy after the last step and the average forgetting, with the paper's final
+    accuracy where it applies."""
     header = ["dataset", "steps", "ipc", "method", "classes", "n", "final_accuracy_mean", "final_accuracy_std",
-              "paper"]
+              "forgetting_mean", "forgetting_std", "paper"]
     lines = []
     for (dataset, steps), curves in sorted(summary.items()):
         for method in ordered(curves):
             seen, mean, std, n = curves[method][-1]
             paper = PAPER_FINAL.get(steps, {}).get(method) if dataset == PAPER_DATASET else None
+            units = found.get((dataset, steps, method))
+            forgetting = [f"{v:.2f}" for v in forgetting_summary(units)[:2]] if units else ["", ""]
             lines.append([dataset, steps, ipcs[(dataset, steps)], method, seen, n, f"{mean:.2f}", f"{std:.2f}",
-                          "" if paper is None else f"{paper:.1f}"])
-    md = ["| dataset | steps | ipc | method | classes | n | final accuracy (%) | paper (%) |",
-          "|---|---|---|---|---|---|---|---|"]
-    md += [f"| {d} | {s} | {i} | {LABELS.get(m, m)} | {c} | {n} | {mean} \u00b1 {std} | {p or '-'} |"
-           for d, s, i, m, c, n, mean, std, p in lines]
+                          *forgetting, "" if paper is None else f"{paper:.1f}"])
+    md = ["| dataset | steps | ipc | method | classes | n | final accuracy (%) | avg forgetting (points) | paper (%) |",
+          "|---|---|---|---|---|---|---|---|---|"]
+    pm = "\u00b1"
+    md += [f"| {d} | {s} | {i} | {LABELS.get(m, m)} | {c} | {n} | {mean} {pm} {std} | "
+           f"{f'{fm} {pm} {fs}' if fm else '-'} | {p or '-'} |"
+           for d, s, i, m, c, n, mean, std, fm, fs, p in lines]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -138,9 +259,42 @@ def final_table(summary: dict, ipcs: dict) -> tuple[str, str]:
     return "\n".join(md) + "\n", buffer.getvalue()
 
 
+def matrix_markdown(found: dict) -> str:
+    """Every method's mean accuracy matrix (%) as a Markdown table, with its average forgetting."""
+    parts = ["# Accuracy matrices (%): row = after step t, column = test experience e; mean over orders x runs\n"]
+    rank = {m: i for i, m in enumerate(METHOD_ORDER)}
+    for (dataset, steps, method), units in sorted(found.items(),
+                                                  key=lambda kv: (kv[0][:2], rank.get(kv[0][2], 99), kv[0][2])):
+        mean = np.mean(np.stack(list(units.values())), axis=0)
+        forgetting, spread, n = forgetting_summary(units)
+        parts.append(f"## {dataset}, {steps} steps, {LABELS.get(method, method)} (n = {n}): average forgetting "
+                     f"{forgetting:.2f} \u00b1 {spread:.2f} points\n")
+        parts.append("| after step | " + " | ".join(f"exp {e}" for e in range(steps)) + " |")
+        parts.append("|---" * (steps + 1) + "|")
+        for t in range(steps):
+            cells = [f"{mean[t, e]:.1f}" if e <= t else "" for e in range(steps)]
+            parts.append(f"| {t} | " + " | ".join(cells) + " |")
+        parts.append("")
+    if len(parts) == 1:
+        parts.append("No results file holds per-experience accuracies (written before that column existed).\n")
+    return "\n".join(parts)
+
+
+def check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise DMError(f"--out {out} is a file: give a folder for the figures and tables")
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DMError(f"cannot write into {existing}: give a writable --out folder")
+
+
 def make_report(paths: list[Path], out: Path, reference: str = "auto") -> list[Path]:
+    check_out(out)
     rows = load_rows(paths)
     summary = summarise(rows)
+    found = matrices(rows)
     datasets = {d for d, _ in summary}
     ipcs: dict = defaultdict(set)
     for r in rows:
@@ -151,9 +305,12 @@ def make_report(paths: list[Path], out: Path, reference: str = "auto") -> list[P
         draw = reference == "always" or (reference == "auto" and dataset == PAPER_DATASET)
         stem = out / figure_name(dataset, steps, datasets)
         written += plot(curves, dataset, steps, ipcs[(dataset, steps)], draw and steps in PAPER_FINAL, stem)
-    md, table = final_table(summary, ipcs)
+        if any((d, s) == (dataset, steps) for d, s, _ in found):
+            written += plot_matrices(found, dataset, steps, stem.with_name(stem.name + "_matrix"))
+    md, table = final_table(summary, ipcs, found)
     written.append(atomic_write_text(out / "final_accuracy.md", md))
     written.append(atomic_write_text(out / "final_accuracy.csv", table))
+    written.append(atomic_write_text(out / "accuracy_matrix.md", matrix_markdown(found)))
     return written
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from dm_core import DMError, ImageDataset, TrainConfig, build_model, evaluate_accuracy, reinit_
+from dm_core import DMError, ImageDataset, TrainConfig, build_model, evaluate_accuracy
 
 TINY_NET = "convnet-d1-w8-relu-instancenorm-avgpool"
 
@@ -76,8 +77,7 @@ def test_benchmark_follows_the_class_order_and_keeps_labels(cl):
                                                                       "model": TINY_NET})])
 def test_memory_holds_ipc_per_seen_class_and_keeps_old_classes(cl, method, options):
     data = toy_data()
-    builder = cl.MemoryBuilder(method, ipc=3, template=data, seed=1, device="cpu", options=options)
-    memory = cl.CondensedMemory(builder)
+    memory = cl.CondensedMemory(method, ipc=3, seed=1, device="cpu", num_classes=data.num_classes, **options)
     benchmark = cl.make_benchmark(data, cl.class_order(1, data.num_classes), steps=3)
     seen, snapshots = [], {}
     for experience in benchmark.train_stream:
@@ -86,10 +86,11 @@ def test_memory_holds_ipc_per_seen_class_and_keeps_old_classes(cl, method, optio
         images, labels = memory.tensors()
         assert torch.bincount(labels, minlength=data.num_classes)[seen].tolist() == [3] * len(seen)
         assert set(labels.tolist()) == set(seen) and len(memory.buffer) == 3 * len(seen)
+        assert memory.buffer[0][2] == 0 and memory.max_size == 3 * data.num_classes  # (x, y, t) like the stream
         for c, old in snapshots.items():  # older classes untouched by this step
-            assert torch.equal(memory.memories[c].images, old)
-        snapshots.update({c: memory.memories[c].images.clone() for c in experience.classes_in_this_experience})
-        memory.post_adapt(None, experience)  # seeing a step again builds nothing
+            assert torch.equal(memory.memories[(0, c)].images, old)
+        snapshots.update({c: memory.memories[(0, c)].images.clone() for c in experience.classes_in_this_experience})
+        memory.post_adapt(None, experience)  # the same experience again changes nothing
         assert len(memory.tensors()[1]) == 3 * len(seen)
 
 
@@ -103,8 +104,8 @@ def test_each_step_builds_from_the_new_classes_only(cl, monkeypatch):
         from dm_core import SyntheticSet
         return SyntheticSet(step_data.x_train[keep], step_data.y_train[keep], {})
 
-    monkeypatch.setattr("continual.memory.make_set", spy)
-    memory = cl.CondensedMemory(cl.MemoryBuilder("herding", ipc=2, template=data, device="cpu"))
+    monkeypatch.setattr("continual.builder.make_set", spy)
+    memory = cl.CondensedMemory("herding", ipc=2, device="cpu")
     for experience in cl.make_benchmark(data, cl.class_order(0, 6), steps=3).train_stream:
         memory.post_adapt(None, experience)
     order = cl.class_order(0, 6)
@@ -123,9 +124,9 @@ def make_strategy(cl, data, plugin, epochs=0):
                  evaluator=EvaluationPlugin(accuracy_metrics(stream=True), loggers=[TextLogger(io.StringIO())]))
 
 
-def test_model_is_reinitialised_before_each_step_and_trained_on_the_memory(cl):
+def test_model_is_reset_to_its_initial_values_before_each_step_and_trained_on_the_memory(cl):
     data = toy_data()
-    memory = cl.CondensedMemory(cl.MemoryBuilder("random", ipc=2, template=data, seed=0))
+    memory = cl.CondensedMemory("random", ipc=2, seed=0)
     seen_by_trainer = []
 
     def trainer(model, x, y, config, seed, device, progress):
@@ -137,32 +138,33 @@ def test_model_is_reinitialised_before_each_step_and_trained_on_the_memory(cl):
 
     plugin = cl.GDumbMemoryPlugin(memory, seed=7, train_config=TrainConfig(epochs=1), trainer=trainer)
     strategy = make_strategy(cl, data, plugin)
+    initial = {k: v.clone() for k, v in strategy.model.state_dict().items()}
     benchmark = cl.make_benchmark(data, cl.class_order(0, 6), steps=3)
     for t, experience in enumerate(benchmark.train_stream):
         strategy.train(experience)
         weights, labels, seed = seen_by_trainer[t]
-        fresh = reinit_(build_model(TINY_NET, 1, 6, (8, 8)), torch.Generator().manual_seed(cl.step_seed(7, t)))
-        assert all(torch.equal(weights[k], v) for k, v in fresh.state_dict().items())
+        assert all(torch.equal(weights[k], v) for k, v in initial.items())
+        assert not all(torch.equal(strategy.model.state_dict()[k], v) for k, v in initial.items())  # it trained
         assert sorted(labels.tolist()) == sorted(memory.tensors()[1].tolist())  # the whole memory, only
         assert len(labels) == 2 * 2 * (t + 1) and seed == cl.step_seed(7, t)
 
 
 def test_stream_accuracy_is_the_accuracy_on_seen_classes(cl):
     data = toy_data()
-    memory = cl.CondensedMemory(cl.MemoryBuilder("random", ipc=4, template=data, seed=0))
+    memory = cl.CondensedMemory("random", ipc=4, seed=0)
     plugin = cl.GDumbMemoryPlugin(memory, seed=0, train_config=TrainConfig(epochs=20, augment=False))
     strategy = make_strategy(cl, data, plugin)
     benchmark = cl.make_benchmark(data, cl.class_order(2, 6), steps=3)
     for t, experience in enumerate(benchmark.train_stream):
         strategy.train(experience)
         avalanche = strategy.eval(benchmark.test_stream[:t + 1])[cl.experiment.STREAM_ACCURACY]
-        ours = evaluate_accuracy(strategy.model, data.x_test, data.y_test, "cpu", classes=list(memory.memories))
+        ours = evaluate_accuracy(strategy.model, data.x_test, data.y_test, "cpu", classes=memory.classes())
         assert avalanche == pytest.approx(ours, abs=1e-12)
 
 
 def test_plugin_refuses_to_train_twice(cl):
     data = toy_data()
-    memory = cl.CondensedMemory(cl.MemoryBuilder("random", ipc=2, template=data))
+    memory = cl.CondensedMemory("random", ipc=2)
     strategy = make_strategy(cl, data, cl.GDumbMemoryPlugin(memory, train_config=TrainConfig()), epochs=1)
     with pytest.raises(DMError, match="train_epochs=0"):
         strategy.train(cl.make_benchmark(data, list(range(6)), 3).train_stream[0])
@@ -180,12 +182,18 @@ def test_plugin_without_train_config_lets_the_strategy_train_on_the_memory(cl):
             self.labels += strategy.mb_y.tolist()
 
     data = toy_data()
-    memory = cl.CondensedMemory(cl.MemoryBuilder("random", ipc=2, template=data))
+    memory = cl.CondensedMemory("random", ipc=2)
     spy = SeenLabels()
     strategy = make_strategy(cl, data, cl.GDumbMemoryPlugin(memory), epochs=2)
     strategy.plugins.append(spy)
     strategy.train(cl.make_benchmark(data, list(range(6)), 3).train_stream[0])
     assert sorted(spy.labels) == [0] * 4 + [1] * 4  # 2 epochs over 2 images of each class, not the 24 real ones
+
+
+def digits_test_labels():
+    from dm_core import load_dataset
+
+    return load_dataset("digits").y_test
 
 
 def read_rows(path):
@@ -194,7 +202,7 @@ def read_rows(path):
 
 
 def test_run_writes_the_run_dir_and_resume_skips_finished_units(cl, tmp_path, monkeypatch):
-    import continual.memory
+    import continual.builder
     import continual.plugin
 
     out = tmp_path / "run"
@@ -207,7 +215,15 @@ def test_run_writes_the_run_dir_and_resume_skips_finished_units(cl, tmp_path, mo
     assert {(r["method"], r["seed"], r["run"], r["step"]) for r in rows} == {
         (m, str(s), str(r), str(t)) for m in ("random", "dm") for s in (0, 1) for r in (0, 1) for t in range(2)}
     assert sorted({int(r["classes_seen"]) for r in rows}) == [5, 10]
-    assert all(0.0 <= float(r["accuracy"]) <= 1.0 for r in rows)
+    assert all(0.0 <= float(r["accuracy_fraction"]) <= 1.0 for r in rows)
+    for r in rows:  # one accuracy per seen test experience; the stream's is their test-size-weighted mean
+        per_experience = [float(a) for a in r["experience_accuracy_fraction"].split()]
+        assert len(per_experience) == int(r["step"]) + 1 and r["precision"] == "fp32"
+        order = cl.class_order(int(r["seed"]), 10)
+        sizes = [int(torch.isin(digits_test_labels(), torch.tensor(order[5 * e:5 * e + 5])).sum())
+                 for e in range(len(per_experience))]
+        weighted = sum(a * n for a, n in zip(per_experience, sizes)) / sum(sizes)
+        assert weighted == pytest.approx(float(r["accuracy_fraction"]), abs=2e-6)
     files = sorted(p.relative_to(out).as_posix() for p in (out / "memory").rglob("*.pt"))
     assert files == [f"memory/{m}/seed{s}/step{t:02d}.pt" for m in ("dm", "random") for s in (0, 1) for t in range(2)]
     assert (out / "config.json").is_file() and "accuracy=" in (out / "log.txt").read_text()
@@ -220,8 +236,8 @@ def test_run_writes_the_run_dir_and_resume_skips_finished_units(cl, tmp_path, mo
         writer.writerows(kept)
     (out / "memory/dm/seed1/step01.pt").unlink()
     built, trained = [], []
-    real_make_set, real_train = continual.memory.make_set, continual.plugin.train_model
-    monkeypatch.setattr("continual.memory.make_set",
+    real_make_set, real_train = continual.builder.make_set, continual.plugin.train_model
+    monkeypatch.setattr("continual.builder.make_set",
                         lambda method, data, ipc, classes, **kw: built.append((method, classes)) or
                         real_make_set(method, data, ipc, classes, **kw))
     monkeypatch.setattr("continual.plugin.train_model",
@@ -280,7 +296,12 @@ def test_cli_runs_a_tiny_protocol(cl, tmp_path, capsys):
             "--option", "herding.epochs=1", "--option", "dm.batch_real=8", "--option", "dsa.batch_real=8",
             "--device", "cpu", "--out", str(out), "--no-progress"]
     assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     rows = read_rows(out / "results.csv")
+    assert summary["rows"] == 8 and sorted(summary["final_accuracy_percent"]) == ["dm", "dsa", "herding", "random"]
+    assert summary["final_accuracy_percent"]["random"] == pytest.approx(
+        100 * float(next(r for r in rows if r["method"] == "random" and r["step"] == "1")["accuracy_fraction"]),
+        abs=0.01)
     assert sorted({r["method"] for r in rows}) == ["dm", "dsa", "herding", "random"] and len(rows) == 8
 
 
@@ -292,3 +313,32 @@ def test_mnist_protocol_is_prepared(cl, tmp_path):
     data = cl.prepare(cfg)
     assert data.num_classes == 10 and torch.bincount(data.y_train).tolist() == [50] * 10
     assert len(data.y_test) == 10_000
+
+
+def test_loggers_are_avalanches_own(cl, tmp_path):
+    from avalanche.logging import CSVLogger, TensorboardLogger, TextLogger
+
+    import continual.experiment
+
+    made = []
+    real = continual.experiment.make_loggers
+
+    def spy(names, out, unit, log_file):
+        loggers = real(names, out, unit, log_file)
+        made.append([type(logger) for logger in loggers])
+        return loggers
+
+    out = tmp_path / "logged"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("continual.experiment.make_loggers", spy)
+        cl.run_continual(config(cl, out, loggers=("text", "csv", "tensorboard")))
+    assert made == [[TextLogger, CSVLogger, TensorboardLogger]]
+    unit = Path("random") / "seed0" / "run0"
+    evaluations = read_rows(out / "logs" / "csv" / unit / "eval_results.csv")
+    # after step 0: experience 0; after step 1: experiences 0 and 1, with Avalanche's per-experience accuracies
+    assert [(r["eval_exp"], r["training_exp"]) for r in evaluations] == [("0", "0"), ("0", "1"), ("1", "1")]
+    results = read_rows(out / "results.csv")
+    last = [float(a) for a in results[-1]["experience_accuracy_fraction"].split()]
+    assert [float(r["eval_accuracy"]) for r in evaluations[1:]] == pytest.approx(last, abs=1e-4)
+    assert list((out / "logs" / "tensorboard" / unit).glob("events.out.tfevents.*"))
+    assert "Top1_Acc_Stream/eval_phase/test_stream" in (out / "log.txt").read_text()

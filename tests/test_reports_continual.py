@@ -60,3 +60,49 @@ def test_bad_results_file_is_one_error_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1
     assert report.main([str(tmp_path / "missing.csv"), "--out", str(tmp_path / "o")]) == 2
+
+
+NEW_COLUMNS = ("dataset", "method", "steps", "ipc", "seed", "run", "step", "classes_seen", "accuracy_fraction",
+               "experience_accuracy_fraction", "precision")
+# per (seed): the accuracy matrix a[t][e] after each of 3 steps
+MATRICES = {0: [[0.90], [0.80, 0.95], [0.70, 0.90, 0.85]],
+            1: [[0.92], [0.82, 0.97], [0.62, 0.92, 0.87]]}
+
+
+def write_new_results(path):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(NEW_COLUMNS)
+        for seed, matrix in MATRICES.items():
+            for step, row in enumerate(matrix):
+                writer.writerow(("mnist", "dm", 3, 2, seed, 0, step, 4 * (step + 1) // 1, sum(row) / len(row),
+                                 " ".join(f"{v:.6f}" for v in row), "fp32"))
+
+
+def test_accuracy_matrix_and_average_forgetting(tmp_path):
+    results = tmp_path / "results.csv"
+    write_new_results(results)
+    out = tmp_path / "report"
+    assert report.main([str(results), "--out", str(out)]) == 0
+    with open(out / "final_accuracy.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    # seed 0: e0 90 -> 70 (20), e1 95 -> 90 (5): 12.5; seed 1: e0 92 -> 62 (30), e1 97 -> 92 (5): 17.5
+    assert float(row["forgetting_mean"]) == pytest.approx(15.0, abs=1e-6)
+    assert float(row["forgetting_std"]) == pytest.approx(2.5, abs=1e-6)
+    assert float(row["final_accuracy_mean"]) == pytest.approx(100 * (2.45 / 3 + 2.41 / 3) / 2, abs=0.01)
+    matrix = (out / "accuracy_matrix.md").read_text()
+    assert "average forgetting 15.00 \u00b1 2.50 points" in matrix
+    assert "| 2 | 66.0 | 91.0 | 86.0 |" in matrix and "| 0 | 91.0 |  |  |" in matrix
+    assert (out / "figure_steps3_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    assert "15.00 \u00b1 2.50" in (out / "final_accuracy.md").read_text()
+
+
+def test_old_results_files_are_read_without_a_matrix(tmp_path):
+    results = tmp_path / "results.csv"
+    write_results(results, dataset="mnist")  # the 'accuracy' column of files written before accuracy_fraction
+    out = tmp_path / "report"
+    assert report.main([str(results), "--out", str(out)]) == 0
+    with open(out / "final_accuracy.csv", newline="") as f:
+        assert all(r["forgetting_mean"] == "" for r in csv.DictReader(f))
+    assert "No results file holds per-experience accuracies" in (out / "accuracy_matrix.md").read_text()
+    assert not (out / "figure6_matrix.png").exists()
