@@ -256,8 +256,10 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_continues_bit_identicall
             "--batch-real", "4", "--model", "convnet-d1-w8", "--device", "cpu", "--out", "s.pt"]
     stopped = run_and_interrupt(argv, tmp_path)
     assert stopped.returncode == 130, stopped.stderr
-    last = [line for line in stopped.stderr.replace("\r", "\n").splitlines() if line.strip()][-1]
-    assert last.startswith("interrupted at iteration") and "rerun the same command" in last, stopped.stderr
+    # tqdm's monitor thread may redraw the bar after the message, so look for the message line, not the last line
+    lines = [line for line in stopped.stderr.replace("\r", "\n").splitlines() if line.strip()]
+    assert any(line.startswith("interrupted at iteration") and "rerun the same command" in line for line in lines), \
+        stopped.stderr
     assert "Traceback" not in stopped.stderr and (tmp_path / "s.ckpt").is_file() and not (tmp_path / "s.pt").exists()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     resumed = subprocess.run([sys.executable, "-m", "dm_core", *argv, "--quiet"], cwd=tmp_path, env=env,
