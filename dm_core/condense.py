@@ -121,7 +121,7 @@ def _differences(old: dict, new: dict) -> list[str]:
 def _identity(config) -> dict:
     """The configuration fields that must match for a resume; the iteration budget may grow."""
     fields = asdict(config)
-    for volatile in ("iterations", "checkpoint_every", "log_every"):
+    for volatile in ("iterations", "checkpoint_every", "log_every", "compile"):
         fields.pop(volatile, None)
     return fields
 
