@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -79,8 +80,6 @@ def rank_checkpoint(path, w: World):
     """Each rank keeps its own checkpoint: ``X.ckpt`` becomes ``X.rank1-of-2.ckpt`` (unchanged in one process)."""
     if path is None or not w.sharded:
         return path
-    from pathlib import Path
-
     path = Path(path)
     return path.with_name(f"{path.stem}.rank{w.rank}-of-{w.size}{path.suffix}")
 

@@ -53,22 +53,33 @@ class DMConfig:
     log_every: int = 50
 
     def __post_init__(self):
-        if self.ipc < 1 or self.iterations < 0 or self.batch_real < 1:
-            raise DMError(f"DM needs ipc >= 1, iterations >= 0 and batch_real >= 1 (got {self.ipc}, "
-                          f"{self.iterations}, {self.batch_real})")
-        if self.checkpoint_every < 1 or self.log_every < 1:
-            raise DMError(f"checkpoint_every and log_every must be at least 1 (got {self.checkpoint_every}, "
-                          f"{self.log_every})")
-        if self.class_chunk is not None and self.class_chunk < 1:
-            raise DMError(f"class_chunk must be at least 1, got {self.class_chunk}")
-        if self.lr_img is not None and not (self.lr_img > 0 and math.isfinite(self.lr_img)):
-            raise DMError(f"the image learning rate must be a positive number, got {self.lr_img}")
-        check_precision(self.precision)
+        check_matching_fields(self, "DM")
         check_compile(self.compile)
 
     @property
     def image_lr(self) -> float:
-        return self.lr_img if self.lr_img is not None else (1.0 if self.ipc < 100 else 10.0)
+        return default_image_lr(self.ipc, self.lr_img)
+
+
+def default_image_lr(ipc: int, lr_img: float | None) -> float:
+    """``lr_img`` if given, else PROTOCOL.md's rule: 1 below 100 images per class, 10 from 100 on."""
+    return lr_img if lr_img is not None else (1.0 if ipc < 100 else 10.0)
+
+
+def check_matching_fields(config, method: str) -> None:
+    """The checks of the fields DM shares with the distribution-matching methods built on its iteration
+    (``dm_core.successors``): sizes, intervals, class chunk, image learning rate, precision."""
+    if config.ipc < 1 or config.iterations < 0 or config.batch_real < 1:
+        raise DMError(f"{method} needs ipc >= 1, iterations >= 0 and batch_real >= 1 (got {config.ipc}, "
+                      f"{config.iterations}, {config.batch_real})")
+    if config.checkpoint_every < 1 or config.log_every < 1:
+        raise DMError(f"checkpoint_every and log_every must be at least 1 (got {config.checkpoint_every}, "
+                      f"{config.log_every})")
+    if config.class_chunk is not None and config.class_chunk < 1:
+        raise DMError(f"class_chunk must be at least 1, got {config.class_chunk}")
+    if config.lr_img is not None and not (config.lr_img > 0 and math.isfinite(config.lr_img)):
+        raise DMError(f"the image learning rate must be a positive number, got {config.lr_img}")
+    check_precision(config.precision)
 
 
 CPU_IMAGES_PER_PASS = 128

@@ -55,7 +55,7 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
     return path
 
 
-def _read_umask() -> int:
+def _umask() -> int:
     """The process umask, read without changing it (``os.umask`` can only set it, and setting it to read it races
     with any thread creating a file meanwhile). Linux shows it in /proc; elsewhere it is read once, at import."""
     try:
@@ -74,10 +74,6 @@ def _umask_at_import() -> int:
 
 
 _UMASK_AT_IMPORT = _umask_at_import()
-
-
-def _umask() -> int:
-    return _read_umask()
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

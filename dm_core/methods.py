@@ -15,8 +15,9 @@ from .successors import SUCCESSORS
 from .synset import SyntheticSet
 
 METHODS = ("random", "herding", "dm", "dsa", *SUCCESSORS)
-# methods that condense by an iterative optimisation: their configuration, and a checkpoint while they run
-CONDENSERS = {"dm": DMConfig, "dsa": DSAConfig, **{name: config for name, (config, _) in SUCCESSORS.items()}}
+# methods that condense by an iterative optimisation (a checkpoint while they run): (configuration, function)
+RUNNERS = {"dm": (DMConfig, condense_dm), "dsa": (DSAConfig, condense_dsa), **SUCCESSORS}
+CONDENSERS = {name: config for name, (config, _) in RUNNERS.items()}
 HERDING_OPTIONS = ("model", "epochs", "batch_size", "precision")
 
 
@@ -85,23 +86,11 @@ def make_set(method: str, data: ImageDataset, ipc: int, classes: Sequence[int] |
     dropped, so CLI defaults pass through.
     """
     options = {k: v for k, v in options.items() if v is not None}
+    check_options(method, ipc, seed, **options)
     if method == "random":
-        precision = options.pop("precision", "fp32")  # nothing is computed; accepted so callers can pass it to all
-        if options:
-            raise DMError(f"random selection takes no options, got {', '.join(options)}")
-        check_precision(precision)
+        options.pop("precision", None)  # nothing is computed; accepted so callers can pass it to every method
         return select_random(data, ipc, classes, seed)
     if method == "herding":
-        unknown = sorted(set(options) - set(HERDING_OPTIONS))
-        if unknown:
-            raise DMError(f"unknown option(s) {', '.join(unknown)} for herding: use {', '.join(HERDING_OPTIONS)}")
         return select_herding(data, ipc, classes, seed, device, progress=progress, **options)
-    if method == "dm":
-        return condense_dm(data, _config(DMConfig, ipc, seed, options), classes, device, checkpoint, resume, progress)
-    if method == "dsa":
-        return condense_dsa(data, _config(DSAConfig, ipc, seed, options), classes, device, checkpoint, resume,
-                            progress)
-    if method in SUCCESSORS:
-        config_type, condense = SUCCESSORS[method]
-        return condense(data, _config(config_type, ipc, seed, options), classes, device, checkpoint, resume, progress)
-    raise DMError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    config_type, condense = RUNNERS[method]
+    return condense(data, _config(config_type, ipc, seed, options), classes, device, checkpoint, resume, progress)

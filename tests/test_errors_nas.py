@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-import torch
 
 from cli_harness import assert_clean_refusal, run_cli, snapshot
 from dm_core import SyntheticSet, select_random
@@ -27,12 +26,7 @@ HEADER = ("proxy,arch,depth,width,act,norm,pool,repeat,seed,budget,precision,tra
           "test_acc_fraction,seconds")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def valid_run(root: Path) -> Path:

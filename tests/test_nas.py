@@ -26,13 +26,7 @@ from nas.search import main as search_main
 from nas.space import NAMED_SPACES, ConvNetModelSpace, parse_space, spec_from_sample
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: on a small shared CPU, extra threads only add contention (720 forwards take 13 s, not 90)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_search(out, **overrides) -> SearchConfig:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from nas import trial as trial_mod
 from nas.assessor import CurveStore
@@ -12,12 +11,7 @@ from nas.search import SearchConfig, main as search_main, run_search
 SPACE = "depth=1,2;width=32;act=sigmoid,relu;norm=none,instancenorm;pool=avgpool"  # 8 architectures
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def search(out, **overrides) -> SearchConfig:

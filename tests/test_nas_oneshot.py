@@ -10,12 +10,7 @@ from nas.search import SearchConfig, main as search_main, run_search
 from nas.space import NAMED_SPACES, ConvNetModelSpace
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def oneshot(out, strategy, **overrides) -> SearchConfig:

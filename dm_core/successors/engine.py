@@ -29,11 +29,11 @@ from .. import augment
 from ..condense import CHECKPOINT_FORMAT, Checkpointer, Condensation
 from ..data import ImageDataset
 from ..device import resolve_device
-from ..dm import auto_class_chunk
+from ..dm import auto_class_chunk, check_matching_fields, default_image_lr
 from ..errors import DMError
 from ..io import atomic_torch_save
 from ..nets import build_model, has_batchnorm, reinit_
-from ..precision import check_precision, memory_format, precision_scope
+from ..precision import memory_format, precision_scope
 from ..synset import SyntheticSet
 
 ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.Sigmoid)
@@ -58,28 +58,17 @@ class MatchingConfig:
     log_every: int = 50
 
     def __post_init__(self):
-        name = type(self).__name__
-        if self.ipc < 1 or self.iterations < 0 or self.batch_real < 1:
-            raise DMError(f"{name} needs ipc >= 1, iterations >= 0 and batch_real >= 1 (got {self.ipc}, "
-                          f"{self.iterations}, {self.batch_real})")
-        if self.class_chunk is not None and self.class_chunk < 1:
-            raise DMError(f"class_chunk must be at least 1, got {self.class_chunk}")
-        if self.lr_img is not None and not (self.lr_img > 0 and math.isfinite(self.lr_img)):
-            raise DMError(f"the image learning rate must be a positive number, got {self.lr_img}")
+        check_matching_fields(self, type(self).__name__)
         if not isinstance(self.factor, int) or self.factor < 1:
             raise DMError(f"factor must be a positive integer (1: plain images), got {self.factor!r}")
         if self.init not in ("real", "noise"):
             raise DMError(f"unknown init {self.init!r}: use real or noise")
         if self.augment != "none":
             augment.parse_strategy(self.augment)
-        if self.checkpoint_every < 1 or self.log_every < 1:
-            raise DMError(f"checkpoint_every and log_every must be at least 1 (got {self.checkpoint_every}, "
-                          f"{self.log_every})")
-        check_precision(self.precision)
 
     @property
     def image_lr(self) -> float:
-        return self.lr_img if self.lr_img is not None else (1.0 if self.ipc < 100 else 10.0)
+        return default_image_lr(self.ipc, self.lr_img)
 
 
 def check_positive(config, *names: str, integer: bool = False, zero: bool = False) -> None:
