@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .data import DATASETS, load_dataset
 from .device import resolve_device
-from .distributed import gather_objects, init_from_env, local_device, rank_checkpoint, world
+from .distributed import gather_objects, init_from_env, leave_group, local_device, rank_checkpoint, world
 from .errors import DMError
 from .io import check_writable
 from .augment import GROUP_MODES
@@ -270,6 +270,13 @@ def _fresh_line(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    status = run(args)
+    leave_group(graceful=status == 0)
+    return status
+
+
+def run(args: argparse.Namespace) -> int:
+    """The command, its one JSON line or its one error line; the exit status."""
     started = time.perf_counter()
     req = None
     try:

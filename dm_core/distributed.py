@@ -21,6 +21,7 @@ import torch.distributed as dist
 
 from .errors import DMError
 
+_JOINED = False  # whether init_from_env joined a group (then leave_group leaves it)
 TIMEOUT_ENV = "DM_DIST_TIMEOUT"  # seconds a collective (or the group's start) may wait for the other ranks
 
 
@@ -60,13 +61,30 @@ def init_from_env(device: torch.device) -> World:
     if not dist.is_available():
         raise DMError("this torch build has no torch.distributed: run a single process")
     backend = "nccl" if device.type == "cuda" else "gloo"
+    global _JOINED
     try:
         dist.init_process_group(backend, timeout=timeout())
+        _JOINED = True
     except Exception as exc:  # a rendezvous that never completes, a wrong address, a refused port
         raise DMError(f"could not join the process group ({type(exc).__name__}: "
                       f"{(str(exc).splitlines() or ['no detail'])[0][:160]}): check --rdzv-endpoint / MASTER_ADDR "
                       f"and that every node was started") from None
     return world()
+
+
+def leave_group(graceful: bool) -> None:
+    """Leave the process group ``init_from_env`` joined. ``graceful``: first wait for every rank, so no process
+    exits while another still talks to it (gloo aborts a process whose peer vanished mid-exchange)."""
+    global _JOINED
+    if not _JOINED:
+        return
+    _JOINED = False
+    if graceful:
+        try:
+            dist.barrier()
+        except Exception:  # a peer already failed: it reported; leave anyway
+            pass
+    dist.destroy_process_group()
 
 
 def local_device(device: torch.device) -> torch.device:
