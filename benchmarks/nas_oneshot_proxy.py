@@ -7,7 +7,9 @@ supernet trained on a dm10 or a random10 proxy, the selected architecture scored
 
 Both proxies are made once (seed 0; DM: 100 iterations, 64 real images per class, as in reports/nas_mnist) and reused
 for every one-shot seed through ``--proxy-file``, so the seeds vary only the supernet training and the trials. Without
-``--groundtruth`` the 24 architectures are trained on the whole training split first (200 steps, 1 repeat).
+``--groundtruth`` the 24 architectures are trained on the whole training split (``--groundtruth-steps``, 1 repeat);
+with a ground truth of part of the space (reports/nas_mnist holds 7 of the 24), the selected architectures it lacks
+are trained the same way, and ranks are among the architectures with a ground truth.
 Prints one Markdown table and, last, one JSON line.
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from dm_core import ConvNetSpec
 from nas.data import load_search_data
 from nas.groundtruth import GroundTruthConfig, run_groundtruth
 from nas.search import SearchConfig, prepare_task, run_search
@@ -51,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--oneshot-epochs", type=int, default=100)
     p.add_argument("--epochs", type=int, default=50, help="proxy training of the selected architecture")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--groundtruth-steps", type=int, default=200,
+                   help="SGD steps (batch 250) of a ground-truth training on the whole training split: at least "
+                        "one epoch (MNIST: 216, as reports/nas_mnist)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     common = dict(dataset=args.dataset, data_root=args.data_root, space="tiny", epochs=args.epochs, repeats=args.repeats,
@@ -75,15 +81,24 @@ def main(argv: list[str] | None = None) -> int:
                                  seconds=time.perf_counter() - start))
                 print(json.dumps(rows[-1]), file=sys.stderr)
     if args.groundtruth is None:
-        run_groundtruth(GroundTruthConfig(out=args.out, all=True, space="tiny", steps=200, repeats=1, device="cpu",
-                                          data_root=args.data_root, progress=False))
-    truth = ground_truth(Path(args.groundtruth or Path(args.out) / "groundtruth.csv"))
+        run_groundtruth(GroundTruthConfig(out=args.out, all=True, space="tiny", steps=args.groundtruth_steps,
+                                          repeats=1, device="cpu", data_root=args.data_root, progress=False))
+        truth = ground_truth(Path(args.out) / "groundtruth.csv")
+    else:  # a ground truth of part of the space: the selected architectures it lacks are trained the same way
+        truth = ground_truth(Path(args.groundtruth))
+        for arch in sorted({r["arch"] for r in rows} - set(truth)):
+            spec = ConvNetSpec.parse(arch)
+            fields = f"depth={spec.depth};width={spec.width};act={spec.act};norm={spec.norm};pool={spec.pool}"
+            run_groundtruth(GroundTruthConfig(out=args.out, all=True, space=fields, steps=args.groundtruth_steps,
+                                              repeats=1, device="cpu", data_root=args.data_root, progress=False))
+        if (Path(args.out) / "groundtruth.csv").exists():
+            truth.update(ground_truth(Path(args.out) / "groundtruth.csv"))
     best = max(truth.values())
     for row in rows:
-        # rank among the 24 by whole-data test accuracy; tied architectures share the best rank
+        # rank among the architectures with a ground truth (whole-data test accuracy); ties share the best rank
         row.update(truth=100 * truth[row["arch"]], rank=1 + sum(v > truth[row["arch"]] for v in truth.values()))
-    print("| strategy | seed | proxy | selected | val. acc. trained on proxy (%) | whole-data test acc. (%) | "
-          "rank of 24 |\n|---|---|---|---|---|---|---|")
+    print(f"| strategy | seed | proxy | selected | val. acc. trained on proxy (%) | whole-data test acc. (%) | "
+          f"rank of {len(truth)} |\n|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['strategy']} | {r['seed']} | {r['proxy']} | {r['arch']} | {r['proxy_val']:.2f} | "
               f"{r['truth']:.2f} | {r['rank']} |")
@@ -92,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
              for proxy in PROXY_OPTIONS}
     for proxy, m in means.items():
         print(f"{proxy}: mean whole-data test accuracy of the selections {m['truth']:.2f}%, mean rank {m['rank']:.1f}")
-    print(json.dumps({"rows": rows, "means": means, "best_of_24": 100 * best}))
+    print(json.dumps({"rows": rows, "means": means, "ranked_among": len(truth), "best": 100 * best}))
     return 0
 
 

@@ -146,6 +146,10 @@ def main(argv=None) -> int:
     parser.add_argument("--bf16", choices=("auto", "always", "never"), default="auto")
     parser.add_argument("--warm-cache", action="store_true", help="keep inductor's usual cache (warm compiles)")
     parser.add_argument("--only", nargs="+", choices=("dm", "dsa", "train"), default=["dm", "dsa", "train"])
+    parser.add_argument("--readme", type=Path, default=None,
+                        help="also write the table into this README between the speed.py markers of its device kind "
+                             "(<!-- speed.py cpu --> ... <!-- /speed.py cpu -->, or cuda)")
+    parser.add_argument("--json-out", type=Path, default=None, help="also write the JSON line to this file")
     args = parser.parse_args(argv)
     if not args.warm_cache:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="dm_speed_inductor_")
@@ -276,15 +280,29 @@ def main(argv=None) -> int:
                      f"one training step (16 images) took {ratio:.1f}x its fp32 time"))
 
     result["load_average"] = loads
-    print(f"\n{where}, torch {torch.__version__}; {args.model}, CIFAR-shaped data, {args.ipc} images/class; "
-          f"1-minute load average {min(loads):.1f} to {max(loads):.1f} during the run; times are medians of "
-          f"{args.repeats} interleaved repeats ({args.dsa_repeats} for DSA), speed-ups the median of the per-repeat "
-          f"ratios\n")
-    print("| what | variant | time | unit | speed-up | note |\n|---|---|---|---|---|---|")
-    for r in rows:
-        print("| " + " | ".join(r) + " |")
+    table = "\n".join([
+        f"{where}, torch {torch.__version__}; {args.model}, CIFAR-shaped data, {args.ipc} images/class; "
+        f"1-minute load average {min(loads):.1f} to {max(loads):.1f} during the run; times are medians of "
+        f"{args.repeats} interleaved repeats ({args.dsa_repeats} for DSA), speed-ups the median of the per-repeat "
+        f"ratios", "", "| what | variant | time | unit | speed-up | note |", "|---|---|---|---|---|---|",
+        *("| " + " | ".join(r) + " |" for r in rows)])
+    print("\n" + table)
     print(json.dumps(result))
+    if args.json_out is not None:
+        args.json_out.write_text(json.dumps(result) + "\n")
+    if args.readme is not None:
+        splice(args.readme, device.type, table)
     return 0
+
+
+def splice(readme: Path, kind: str, table: str) -> None:
+    """Put ``table`` between the README's markers for this device kind (the text outside them is kept)."""
+    start, end = f"<!-- speed.py {kind} -->", f"<!-- /speed.py {kind} -->"
+    text = readme.read_text()
+    if start not in text or end not in text:
+        raise SystemExit(f"error: {readme} has no {start} ... {end} markers: add them where the table goes")
+    head, rest = text.split(start, 1)
+    readme.write_text(f"{head}{start}\n{table}\n{end}{rest.split(end, 1)[1]}")
 
 
 if __name__ == "__main__":

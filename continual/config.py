@@ -10,7 +10,16 @@ from typing import Mapping
 
 import torch
 
-from dm_core import CONDENSERS, DMError, ImageDataset, SyntheticSet, build_model, load_dataset, resolve_device
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locking (one writer per run directory)
+    fcntl = None
+
+from dm_core import (CONDENSERS, DMError, ImageDataset, SyntheticSet, atomic_write_text, build_model, load_dataset,
+                     resolve_device)
+
+from dm_core.compile import check_compile
+from dm_core.methods import COMPILED_METHODS
 
 from .builder import METHODS, check_options
 from .results import read_results
@@ -19,8 +28,8 @@ CONFIG_FILE = "config.json"
 LOGGERS = ("text", "csv", "tensorboard")
 PRECISIONS = ("fp32", "bf16")
 # Fields that fix what a result means: a run directory accepts new methods, seeds and runs, but not a change of these.
-PROTOCOL_FIELDS = ("dataset", "steps", "ipc", "epochs", "iterations", "model", "max_train_per_class",
-                   "method_options", "precision")
+# ``method_options`` are compared per method (see ``changed_settings``): a new method may bring its own options.
+PROTOCOL_FIELDS = ("dataset", "steps", "ipc", "epochs", "iterations", "model", "max_train_per_class", "precision")
 # Fields that run directories from before they existed lack, with the value those runs used on the CPU.
 FORMER_DEFAULTS = {"precision": "fp32"}
 
@@ -33,7 +42,8 @@ class ContinualConfig:
     keeps each method's default. ``model`` is the network trained on the memory and, unless an option says
     otherwise, the network the builders use. ``max_train_per_class`` keeps a fixed random subset of each class's
     training images (None: all), a knob for CPU-sized runs. ``precision`` is that of the training and of the
-    builders ("fp32", the reference's, or "bf16"). ``loggers`` are Avalanche's loggers of the evaluations: "text"
+    builders ("fp32", the reference's, or "bf16"); ``compile`` ("auto", "on", "off") is whether they are compiled
+    (it changes the speed, not what a result means). ``loggers`` are Avalanche's loggers of the evaluations: "text"
     into log.txt, "csv" and "tensorboard" under logs/.
     """
 
@@ -51,6 +61,7 @@ class ContinualConfig:
     max_train_per_class: int | None = None
     method_options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     precision: str = "fp32"
+    compile: str = "auto"
     loggers: tuple[str, ...] = ("text",)
     device: str = "auto"
     threads: int | None = None
@@ -70,6 +81,8 @@ class ContinualConfig:
         if method in CONDENSERS or method == "herding":  # dm, dsa, DM's successors and herding
             options["model"] = self.model
             options["precision"] = self.precision
+        if method in COMPILED_METHODS:
+            options["compile"] = self.compile
         if method in CONDENSERS and self.iterations is not None:
             options["iterations"] = self.iterations
         options.update(self.method_options.get(method, {}))
@@ -92,6 +105,7 @@ def _check_fields(config: ContinualConfig) -> None:
         raise DMError(f"--seeds must be distinct non-negative integers, got {list(config.seeds)}")
     if config.precision not in PRECISIONS:
         raise DMError(f"unknown precision {config.precision!r}: use {' or '.join(PRECISIONS)}")
+    check_compile(config.compile)
     bad = [name for name in config.loggers if name not in LOGGERS]
     if bad or not config.loggers:
         raise DMError(f"unknown logger {', '.join(bad) or '(none)'}: use a comma-separated list of "
@@ -119,24 +133,75 @@ def _check_out(out: Path) -> None:
 def _check_run_dir(config: ContinualConfig) -> None:
     """An existing run directory must hold the same protocol, a readable results file and readable memory files."""
     out = Path(config.out)
-    path = out / CONFIG_FILE
-    if path.is_file():
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(old, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError) as exc:
-            raise DMError(f"{path} is not readable ({exc}): use another --out") from None
-        new = config.to_json()
-        changed = [k for k in PROTOCOL_FIELDS if old.get(k, FORMER_DEFAULTS.get(k)) != new[k]]
-        if changed:
-            diffs = "; ".join(f"{k} {old.get(k, FORMER_DEFAULTS.get(k))!r} -> {new[k]!r}" for k in changed)
-            raise DMError(f"{config.out} holds a run with other settings ({diffs}): use another --out to start "
-                          f"afresh")
-    if (out / "results.csv").exists():
-        read_results(out / "results.csv")
+    rows = read_results(out / "results.csv") if (out / "results.csv").exists() else []
+    old = read_settings(out)
+    if old is not None:
+        diffs = changed_settings(old, config, {row["method"] for row in rows})
+        if diffs:
+            raise DMError(f"{config.out} holds a run with other settings ({'; '.join(diffs)}): use another --out to "
+                          f"start afresh")
     for memory_file in sorted((out / "memory").glob("*/seed*/step*.pt")):
         SyntheticSet.load(memory_file)
+
+
+def read_settings(out: Path) -> dict | None:
+    """The settings stored in a run directory (None when it has none yet)."""
+    path = out / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(old, dict):
+            raise ValueError("not a JSON object")
+    except (OSError, ValueError) as exc:
+        raise DMError(f"{path} is not readable ({exc}): use another --out") from None
+    return old
+
+
+def changed_settings(old: dict, config: ContinualConfig, ran: set[str]) -> list[str]:
+    """What ``config`` changes against the run directory's stored settings ``old``, as "field old -> new" texts.
+
+    Protocol fields must be equal. Options are per method: a method this run builds, or gives options to, must keep
+    the options it was stored with, or none if it has results but no stored options (it ran with its defaults); a
+    method new to the directory brings its own.
+    """
+    new = config.to_json()
+    diffs = [f"{k} {old.get(k, FORMER_DEFAULTS.get(k))!r} -> {new[k]!r}" for k in PROTOCOL_FIELDS
+             if old.get(k, FORMER_DEFAULTS.get(k)) != new[k]]
+    stored = old.get("method_options") or {}
+    for method in sorted(set(config.methods) | set(new["method_options"])):
+        before, now = stored.get(method, {}), new["method_options"].get(method, {})
+        if (method in stored or method in ran) and before != now:
+            diffs.append(f"{method} options {before!r} -> {now!r}")
+    return diffs
+
+
+def merged_settings(old: dict | None, config: ContinualConfig) -> dict:
+    """The settings to store: this run's, with the options and methods of the earlier runs of the directory kept."""
+    new = config.to_json()
+    if old:
+        new["method_options"] = {**(old.get("method_options") or {}), **new["method_options"]}
+        new["methods"] = sorted(set(old.get("methods") or []) | set(new["methods"]))
+    return new
+
+
+def store_settings(config: ContinualConfig) -> None:
+    """Write the run directory's settings, merged with those of the runs before it, under a lock: two processes
+    starting into one directory at once (other methods, say) each keep their options in config.json, and a change
+    that slipped in between the check and the write is refused."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".config.lock", "a") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes
+        old = read_settings(out)
+        if old is not None:
+            rows = read_results(out / "results.csv") if (out / "results.csv").exists() else []
+            diffs = changed_settings(old, config, {row["method"] for row in rows})
+            if diffs:
+                raise DMError(f"{config.out} holds a run with other settings ({'; '.join(diffs)}): use another --out "
+                              f"to start afresh")
+        atomic_write_text(out / CONFIG_FILE, json.dumps(merged_settings(old, config), indent=2) + "\n")
 
 
 def cap_per_class(data: ImageDataset, per_class: int | None, seed: int = 0) -> ImageDataset:

@@ -27,10 +27,10 @@ from typing import TextIO
 import torch
 from tqdm.auto import tqdm
 
-from dm_core import ImageDataset, TrainConfig, atomic_write_text, build_model, make_generator, reinit_, resolve_device
+from dm_core import ImageDataset, TrainConfig, build_model, make_generator, reinit_, resolve_device
 
 from .benchmark import class_order, make_benchmark
-from .config import CONFIG_FILE, ContinualConfig, prepare
+from .config import ContinualConfig, prepare, store_settings
 from .memory import CondensedMemory
 from .plugin import GDumbMemoryPlugin
 from .results import ResultsTable
@@ -102,11 +102,10 @@ def run_continual(config: ContinualConfig, data: ImageDataset | None = None) -> 
     if data is None:
         data = prepare(config)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / CONFIG_FILE, json.dumps(config.to_json(), indent=2) + "\n")
+    store_settings(config)
     device = resolve_device(config.device)
     table = ResultsTable(out / "results.csv")
-    train_config = TrainConfig(epochs=config.epochs, precision=config.precision)
+    train_config = TrainConfig(epochs=config.epochs, precision=config.precision, compile=config.compile)
     units = [(m, s, r) for m in config.methods for s in config.seeds for r in range(config.runs)]
     with open(out / "log.txt", "a", encoding="utf-8") as log_file:
         log = RunLog(log_file)

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from dm_core import DMError
+from dm_core.compile import COMPILE_MODES
 
 from .builder import PAPER_METHODS
 from .config import LOGGERS, METHODS, PRECISIONS, ContinualConfig, prepare
@@ -61,6 +62,9 @@ def parser() -> argparse.ArgumentParser:
                    help="a memory-builder option, e.g. dm.batch_real=64 or herding.epochs=5 (repeatable)")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="numeric precision of the training and of the memory builders")
+    p.add_argument("--compile", default="auto", choices=COMPILE_MODES,
+                   help="torch.compile the training and the DM / herding networks: auto (where the work pays for "
+                        "the compile time), on, off")
     p.add_argument("--logger", type=_loggers, default=("text",), metavar="NAMES",
                    help="Avalanche loggers of the evaluations, comma-separated: text (into log.txt), csv, tensorboard "
                         "(under OUT/logs)")
@@ -80,6 +84,7 @@ def config_from_args(args: argparse.Namespace) -> ContinualConfig:
         methods=PAPER_METHODS if args.memory == "all" else (args.memory,), ipc=args.ipc, seeds=tuple(args.seeds),
         runs=args.runs, epochs=args.epochs, iterations=args.iterations, model=args.model,
         max_train_per_class=args.max_train_per_class, method_options=options, precision=args.precision,
+        compile=args.compile,
         loggers=tuple(args.logger), device=args.device, threads=args.threads, progress=not args.no_progress)
 
 

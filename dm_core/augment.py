@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -71,6 +72,13 @@ def sample_params(num_draws: int, generator: torch.Generator, device: torch.devi
                          device=allowed.device)
     u = torch.rand(num_draws, 11, generator=generator, device=device)
     return AugmentParams(allowed[pick], u)
+
+
+def groups_generator(seed: int, iteration: int) -> torch.Generator:
+    """The CPU generator of one iteration's augmentation groups: a function of (seed, iteration) only, so a resumed
+    run draws the groups the uninterrupted one did, and knowing them never waits on a device."""
+    state = np.random.SeedSequence([int(seed), int(iteration)]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state >> np.uint64(1)))
 
 
 def apply(x: torch.Tensor, params: AugmentParams, groups: torch.Tensor | None = None) -> torch.Tensor:

@@ -21,7 +21,8 @@ from .errors import DMError
 from .io import check_writable
 from .augment import GROUP_MODES
 from .condense import Interrupted
-from .methods import CONDENSERS, METHODS, check_options, make_set
+from .compile import COMPILE_MODES
+from .methods import COMPILED_METHODS, CONDENSERS, METHODS, check_options, make_set
 from .precision import PRECISIONS
 from .synset import SyntheticSet
 from .train import TrainConfig, evaluate_set
@@ -39,6 +40,7 @@ class CondenseRequest:
     herding_epochs: int | None
     class_chunk: int | None
     precision: str
+    compile: str | None
     options: tuple[tuple[str, object], ...]
     seed: int
     device: str
@@ -60,6 +62,7 @@ class EvaluateRequest:
     models: int
     precision: str
     augment_groups: str
+    compile: str
     seed: int
     device: str
     data_root: str | None
@@ -92,6 +95,10 @@ def condense_options(req: CondenseRequest) -> dict:
         options["precision"] = req.precision
     elif req.precision != "fp32":
         raise DMError("--precision applies to dm, dsa and herding, not random")
+    if req.compile is not None:
+        if req.method not in COMPILED_METHODS:
+            raise DMError(f"--compile applies to {', '.join(COMPILED_METHODS)}, not {req.method}")
+        options["compile"] = req.compile
     if req.method not in CONDENSERS and (req.checkpoint is not None or req.resume or req.restart):
         raise DMError(f"--checkpoint, --resume and --restart apply to {', '.join(CONDENSERS)}; {req.method} keeps no "
                       f"checkpoint")
@@ -168,11 +175,12 @@ def evaluate(req: EvaluateRequest) -> dict:
     device = local_device(resolve_device(req.device))
     w = init_from_env(device)
     data = load_dataset(dataset, req.data_root)
-    config = TrainConfig(epochs=req.epochs, precision=req.precision, augment_groups=req.augment_groups)
+    config = TrainConfig(epochs=req.epochs, precision=req.precision, augment_groups=req.augment_groups,
+                         compile=req.compile)
     result = evaluate_set(synset, data, req.model, req.models, config, req.seed, device, req.progress)
     return {"file": str(req.file), "dataset": data.name, "method": synset.meta.get("method"),
             "ipc": synset.meta.get("ipc"), "model": req.model, "epochs": req.epochs, "models": req.models,
-            "precision": req.precision, "augment_groups": req.augment_groups,
+            "precision": req.precision, "augment_groups": req.augment_groups, "compile": req.compile,
             "mean": round(result.mean, 3), "std": round(result.std, 3),
             "accuracies": [round(a, 3) for a in result.accuracies], "seconds": round(result.seconds, 3),
             **({"world_size": w.size} if w.sharded else {})} if w.is_main else None
@@ -215,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--herding-epochs", type=_positive, help="herding: epochs of the feature network (default 30)")
     c.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32 (the reference's) or bf16 autocast (faster on recent hardware; not the reported default)")
+    c.add_argument("--compile", choices=COMPILE_MODES,
+                   help="dm and herding: torch.compile the network (auto: where it pays, the default; on; off)")
     c.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                    help="any field of the method's configuration, e.g. init=noise, checkpoint_every=100, "
                         "outer_loop=5 (repeatable)")
@@ -238,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 (reference) or bf16 autocast")
     e.add_argument("--augment-groups", choices=GROUP_MODES, default="batch",
                    help="training augmentation: one op group per mini-batch (reference) or one per sample")
+    e.add_argument("--compile", choices=COMPILE_MODES, default="auto",
+                   help="torch.compile the training (auto: where the epochs pay for the compile time; on; off)")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--device", default="auto")
     e.add_argument("--data-root")
@@ -248,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
 def condense_request(args: argparse.Namespace) -> CondenseRequest:
     out = args.out or Path(f"{args.dataset.replace(':', '_').replace('/', '_')}_{args.method}_ipc{args.ipc}.pt")
     return CondenseRequest(args.dataset, args.method, args.ipc, args.iterations, args.lr_img, args.batch_real,
-                           args.model, args.herding_epochs, args.class_chunk, args.precision, tuple(args.option),
+                           args.model, args.herding_epochs, args.class_chunk, args.precision, args.compile,
+                           tuple(args.option),
                            args.seed, args.device,
                            out, args.data_root, args.checkpoint, args.resume, args.restart, args.png,
                            not args.quiet)
@@ -285,7 +298,7 @@ def run(args: argparse.Namespace) -> int:
             figures = condense(req)
         else:
             req = EvaluateRequest(args.file, args.dataset, args.model, args.epochs, args.models, args.precision,
-                                  args.augment_groups, args.seed, args.device, args.data_root, not args.quiet)
+                                  args.augment_groups, args.compile, args.seed, args.device, args.data_root, not args.quiet)
             figures = evaluate(req)
     except DMError as exc:
         if world().is_main:  # under torchrun, one line from rank 0 (the other ranks meet the same error)

@@ -21,7 +21,6 @@ import sys
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from . import augment
@@ -129,13 +128,6 @@ def dm_memory_format(device: torch.device, precision: str) -> torch.memory_forma
     return torch.channels_last if device.type == "cpu" else memory_format(device, precision)
 
 
-def groups_generator(seed: int, iteration: int) -> torch.Generator:
-    """The CPU generator of one iteration's augmentation groups: a function of (seed, iteration) only, so a resumed
-    run draws the groups the uninterrupted one did, and knowing them never waits on a device."""
-    state = np.random.SeedSequence([int(seed), int(iteration)]).generate_state(1, np.uint64)[0]
-    return torch.Generator().manual_seed(int(state >> np.uint64(1)))
-
-
 def condense_dm(data: ImageDataset, config: DMConfig = DMConfig(), classes: Sequence[int] | None = None,
                 device: str | torch.device = "auto", checkpoint: str | os.PathLike | None = None,
                 resume: bool = False, progress: bool = True) -> SyntheticSet:
@@ -221,7 +213,7 @@ def condense_dm(data: ImageDataset, config: DMConfig = DMConfig(), classes: Sequ
             params = None
             if use_aug:
                 params = augment.sample_params(k_all, run.generator, device, config.augment,
-                                               host=groups_generator(config.seed, it))
+                                               host=augment.groups_generator(config.seed, it))
             while True:
                 run.optimizer.zero_grad(set_to_none=True)
                 try:

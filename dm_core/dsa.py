@@ -114,8 +114,6 @@ def condense_dsa(data: ImageDataset, config: DSAConfig = DSAConfig(), classes: S
     use_aug = config.augment != "none"
     labels_syn = run.class_index.repeat_interleave(config.ipc)
     # row i: class i's augmentation draw for each of its real / synthetic images
-    groups_real = torch.arange(k, device=device).repeat_interleave(n_real).view(k, n_real)
-    groups_syn = torch.arange(k, device=device).repeat_interleave(config.ipc).view(k, config.ipc)
 
     bar = run.progress_bar(progress)
     with run.interruptible():
@@ -133,7 +131,10 @@ def condense_dsa(data: ImageDataset, config: DSAConfig = DSAConfig(), classes: S
                     net.eval()
                 else:
                     net.train()
-                params = augment.sample_params(k, run.generator, device, config.augment) if use_aug else None
+                params = None
+                if use_aug:  # groups drawn on the host, so that only the drawn op is computed, on any device
+                    params = augment.sample_params(k, run.generator, device, config.augment,
+                                                   host=augment.groups_generator(config.seed, it * outer_loop + step))
                 loss = torch.zeros((), device=device)
                 # Per-class gradients need one backward pass per class. torch.func.vmap(grad(...)) over classes computes
                 # the same numbers (checked to 4e-7) but measured 3x slower on the CPU, so the loop stays.
@@ -141,8 +142,9 @@ def condense_dsa(data: ImageDataset, config: DSAConfig = DSAConfig(), classes: S
                     real_c = real[i * n_real:(i + 1) * n_real]
                     syn_c = run.images[i * config.ipc:(i + 1) * config.ipc]
                     if use_aug:
-                        real_c = augment.apply(real_c, params, groups_real[i])
-                        syn_c = augment.apply(syn_c, params, groups_syn[i])
+                        draw = params.take(slice(i, i + 1))  # one draw per class, shared by real and synthetic
+                        real_c = augment.apply_runs(real_c, draw, n_real)
+                        syn_c = augment.apply_runs(syn_c, draw, config.ipc)
                     target_real = torch.full((n_real,), c, device=device)
                     target_syn = torch.full((config.ipc,), c, device=device)
                     with precision_scope(device, config.precision):

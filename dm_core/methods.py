@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+from .compile import check_compile
 from .data import ImageDataset
 from .dm import DMConfig, condense_dm
 from .dsa import DSAConfig, condense_dsa
@@ -18,7 +19,9 @@ METHODS = ("random", "herding", "dm", "dsa", *SUCCESSORS)
 # methods that condense by an iterative optimisation (a checkpoint while they run): (configuration, function)
 RUNNERS = {"dm": (DMConfig, condense_dm), "dsa": (DSAConfig, condense_dsa), **SUCCESSORS}
 CONDENSERS = {name: config for name, (config, _) in RUNNERS.items()}
-HERDING_OPTIONS = ("model", "epochs", "batch_size", "precision")
+HERDING_OPTIONS = ("model", "epochs", "batch_size", "precision", "compile")
+# methods that torch.compile a network where it pays (an option ``compile``: "auto", "on" or "off")
+COMPILED_METHODS = (*(m for m, config in CONDENSERS.items() if "compile" in config.__dataclass_fields__), "herding")
 
 
 def _config(cls, ipc: int, seed: int, options: dict):
@@ -66,6 +69,7 @@ def check_options(method: str, ipc: int, seed: int = 0, **options) -> None:
         if unknown:
             raise DMError(f"unknown option(s) {', '.join(unknown)} for herding: use {', '.join(HERDING_OPTIONS)}")
         check_precision(options.get("precision", "fp32"))
+        check_compile(options.get("compile", "auto"))
         for name in ("epochs", "batch_size"):
             if name in options and (not isinstance(options[name], int) or options[name] < 1):
                 raise DMError(f"herding {name} must be a positive integer, got {options[name]!r}")
@@ -82,8 +86,8 @@ def make_set(method: str, data: ImageDataset, ipc: int, classes: Sequence[int] |
     """Build an ``ipc``-images-per-class set of ``classes`` (all by default) with ``method``.
 
     ``options`` are fields of the method's configuration (``DMConfig``, ``DSAConfig``, ``M3DConfig``, ``IDMConfig``,
-    ``DataDAMConfig``, ``DDMConfig``; for herding ``model``, ``epochs``, ``batch_size``); options that are None are
-    dropped, so CLI defaults pass through.
+    ``DataDAMConfig``, ``DDMConfig``; for herding ``model``, ``epochs``, ``batch_size``, ``precision``,
+    ``compile``); options that are None are dropped, so CLI defaults pass through.
     """
     options = {k: v for k, v in options.items() if v is not None}
     check_options(method, ipc, seed, **options)

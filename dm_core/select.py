@@ -45,13 +45,14 @@ def herding_order(features: torch.Tensor, count: int) -> torch.Tensor:
 
 def select_herding(data: ImageDataset, ipc: int, classes: Sequence[int] | None = None, seed: int = 0,
                    device: str | torch.device = "auto", model: str = "convnet", epochs: int = 30,
-                   batch_size: int = 256, progress: bool = False, precision: str = "fp32") -> SyntheticSet:
+                   batch_size: int = 256, progress: bool = False, precision: str = "fp32",
+                   compile: str = "auto") -> SyntheticSet:
     """Herding on the features of a ConvNet trained (from ``seed``) on the given classes' images only."""
     started = time.perf_counter()
     device = resolve_device(device)
     classes = resolve_classes(data, classes, ipc)
     store = class_store(data, classes, device)
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, precision=precision)
+    config = TrainConfig(epochs=epochs, batch_size=batch_size, precision=precision, compile=compile)
     net = train_model(fresh_model(model, data, seed, device), store.images, store.labels, config, seed, device,
                       progress)
     chosen = []

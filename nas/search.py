@@ -20,6 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from dm_core import DMError, TrainConfig, resolve_device
+from dm_core.compile import COMPILE_MODES, check_compile
+from dm_core.precision import PRECISIONS, check_precision
 
 from .assessor import CurveStore, TrialAssessor, parse_assessor
 from .data import SearchData, load_search_data
@@ -63,6 +65,8 @@ class SearchConfig:
     assessor: str | None = None  # NNI assessor (Medianstop, Curvefitting) judging each trial's first repeat
     assessor_start: int | None = None  # intermediate results before the assessor judges; None: NNI's default
     oneshot_epochs: int | None = None  # supernet training epochs of a one-shot strategy; None: --epochs
+    precision: str = "fp32"  # each trial's training and evaluation: fp32 (the reference) or bf16 autocast
+    compile: str = "auto"  # torch.compile each trial's training: auto (where its steps pay the compile), on, off
     progress: bool = True
 
     def resolve(self) -> "SearchPlan":
@@ -73,6 +77,8 @@ class SearchConfig:
         if not strategy.one_shot:
             strategy.build(len(space), self.seed)  # a strategy that cannot start fails here, before any work
         assessor = parse_assessor(self.assessor)
+        check_precision(self.precision)
+        check_compile(self.compile)
         if self.execution not in EXECUTIONS:
             raise DMError(f"unknown execution {self.execution!r}: choose one of {', '.join(EXECUTIONS)}")
         for name in ("repeats", "batch_size", "concurrency"):
@@ -161,14 +167,16 @@ def prepare_task(plan: SearchPlan, data: SearchData, progress: bool) -> tuple[Tr
         made = load_or_make_proxy_set(proxy, train, plan.run.proxies, data.split_seed, cfg.seed, options,
                                       plan.device, progress, Path(cfg.proxy_file) if cfg.proxy_file else None)
         x, y = made.synset.images, made.synset.labels
-        config = TrainConfig(epochs=plan.epochs, batch_size=cfg.batch_size)
+        config = TrainConfig(epochs=plan.epochs, batch_size=cfg.batch_size, precision=cfg.precision,
+                             compile=cfg.compile)
         cost = {"images": len(y), "make_seconds": made.seconds, "file": str(made.path),
                 "method": made.synset.meta.get("method"), "ipc": made.synset.meta.get("ipc")}
     else:
         x, y = train.x_train, train.y_train
         iterations = (proxy.early_iterations(train.num_classes, plan.epochs, cfg.batch_size)
                       if proxy.kind == "early" else None)
-        config = TrainConfig(epochs=plan.epochs, batch_size=cfg.batch_size, iterations=iterations)
+        config = TrainConfig(epochs=plan.epochs, batch_size=cfg.batch_size, iterations=iterations,
+                             precision=cfg.precision, compile=cfg.compile)
         cost = {"images": len(y), "make_seconds": 0.0, "file": None}
     task = TrainTask(proxy.name, x, y, config, data.x_val, data.y_val, train.num_classes, train.x_test, train.y_test)
     return task, {**cost, "budget": task.budget, "steps": task.steps}
@@ -291,6 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "Curvefitting 6)")
     p.add_argument("--oneshot-epochs", type=int, default=None,
                    help="supernet training epochs of a one-shot strategy (default: --epochs)")
+    p.add_argument("--precision", default=d.precision, choices=PRECISIONS,
+                   help="each trial's training and evaluation: fp32 (the reference) or bf16 autocast (the proxy set "
+                        "is made in fp32; bf16 trials are recorded under their own budget)")
+    p.add_argument("--compile", default=d.compile, choices=COMPILE_MODES,
+                   help="torch.compile each trial's training: auto (where its steps pay for the compile), on, off")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     return p
 

@@ -32,8 +32,11 @@ from dm_core import DMError, atomic_write_bytes, atomic_write_text
 from . import report_cli
 
 METHOD_ORDER = ("dm", "dsa", "herding", "random")
-LABELS = {"dm": "DM", "dsa": "DSA", "herding": "Herding", "random": "Random"}
-COLORS = {"dm": "tab:red", "dsa": "tab:blue", "herding": "tab:green", "random": "tab:gray"}
+# the paper's four methods, then DM's successors (docs/successors.md); any other method gets its name and a free colour
+LABELS = {"dm": "DM", "dsa": "DSA", "herding": "Herding", "random": "Random", "m3d": "M3D", "idm": "IDM",
+          "datadam": "DataDAM", "ddm": "Decomposed DM"}
+COLORS = {"dm": "tab:red", "dsa": "tab:blue", "herding": "tab:green", "random": "tab:gray", "m3d": "tab:purple",
+          "idm": "tab:brown", "datadam": "tab:orange", "ddm": "tab:pink"}
 # DM paper, section 3.5: final test accuracy (%) at 100 classes, CIFAR-100, 20 images per class.
 PAPER_FINAL = {5: {"dm": 34.4, "dsa": 31.7, "herding": 28.2, "random": 24.8},
                10: {"dm": 34.6, "dsa": 30.5, "herding": 27.4, "random": 24.8}}
@@ -221,8 +224,7 @@ def plot_matrices(found: dict, dataset: str, steps: int, stem: Path) -> list[Pat
                 if steps <= 10:
                     ax.text(e, t, f"{mean[t, e]:.0f}", ha="center", va="center", fontsize=6,
                             color="white" if mean[t, e] < 60 else "black")
-        ax.set_title(f"{LABELS.get(method, method)}: forgetting {forgetting:.1f}\u00b1{spread:.1f} (n={n})",
-                     fontsize=7)
+        ax.set_title(f"{LABELS.get(method, method)} (n={n})\nforgetting {forgetting:.1f}\u00b1{spread:.1f}", fontsize=7)
         ax.set_xlabel("test experience", fontsize=7)
         ax.set_ylabel("after step", fontsize=7)
         ax.set_xticks(range(steps))

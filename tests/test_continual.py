@@ -260,6 +260,31 @@ def test_run_dir_refuses_other_protocol_settings(cl, tmp_path):
     cl.prepare(config(cl, out, steps=2, ipc=1, epochs=1, methods=("dm",), seeds=(3,)))  # more units are fine
 
 
+def test_a_run_directory_takes_new_methods_with_their_own_options(cl, tmp_path):
+    """A second run of another method, with options of its own, goes into the same directory; a method keeps the
+    options its rows were made with (or none, if it ran with its defaults)."""
+    import json
+
+    out = tmp_path / "run"
+    dm = dict(methods=("dm",), method_options={"dm": {"batch_real": 8}})
+    cl.run_continual(config(cl, out, epochs=1, iterations=1, **dm))
+    cl.run_continual(config(cl, out, epochs=1, iterations=1, methods=("herding",), method_options={"herding": {"epochs": 1}}))
+    stored = json.loads((out / "config.json").read_text())
+    assert stored["method_options"] == {"dm": {"batch_real": 8}, "herding": {"epochs": 1}}
+    assert stored["methods"] == ["dm", "herding"]
+    cl.prepare(config(cl, out, epochs=1, iterations=1, **{**dm, "seeds": (5,)}))  # dm again, same options: resumes
+    with pytest.raises(DMError, match=r"dm options \{'batch_real': 8\} -> \{'batch_real': 4\}"):
+        cl.prepare(config(cl, out, epochs=1, iterations=1, **{**dm, "method_options": {"dm": {"batch_real": 4}}}))
+    with pytest.raises(DMError, match=r"herding options \{'epochs': 1\} -> \{\}"):
+        cl.prepare(config(cl, out, epochs=1, iterations=1, methods=("herding",)))
+    cl.run_continual(config(cl, out, epochs=1, iterations=1, methods=("random",)))  # random ran with its defaults (none) ...
+    stored = json.loads((out / "config.json").read_text())
+    stored["method_options"].pop("herding")  # ... as did rows whose options an older config.json does not hold
+    (out / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(DMError, match=r"herding options \{\} -> \{'epochs': 2\}"):
+        cl.prepare(config(cl, out, epochs=1, iterations=1, methods=("herding",), method_options={"herding": {"epochs": 2}}))
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--steps", "3"], "does not divide the 10 classes"),
     (["--ipc", "1000"], "ipc 1000 is more than"),
@@ -303,6 +328,28 @@ def test_cli_runs_a_tiny_protocol(cl, tmp_path, capsys):
         100 * float(next(r for r in rows if r["method"] == "random" and r["step"] == "1")["accuracy_fraction"]),
         abs=0.01)
     assert sorted({r["method"] for r in rows}) == ["dm", "dsa", "herding", "random"] and len(rows) == 8
+
+
+def test_cli_compile_flag_reaches_the_training_and_the_builders(cl, tmp_path, monkeypatch):
+    """``--compile off`` is the mode of the training after every step and of the DM and herding builders; it is not
+    a protocol setting, so a run directory resumes under another mode."""
+    import dm_core.dm
+    import dm_core.train
+    from continual.run import main
+
+    asked = []
+    monkeypatch.setattr(dm_core.dm, "should_compile", lambda mode, *a: asked.append(("dm", mode)) or False)
+    monkeypatch.setattr(dm_core.train, "compile_pays", lambda net, x, config, *a, **k:
+                        asked.append(("train", config.compile)) or False)
+    argv = ["--dataset", "digits", "--steps", "2", "--memory", "dm", "--ipc", "1", "--seeds", "3", "--runs", "1",
+            "--epochs", "1", "--iterations", "1", "--model", TINY_NET, "--max-train-per-class", "20",
+            "--option", "dm.batch_real=8", "--device", "cpu", "--out", str(tmp_path / "run"), "--no-progress"]
+    assert main([*argv, "--compile", "off"]) == 0
+    assert asked == [("dm", "off"), ("train", "off")] * 2  # per step: the memory, then the training
+    asked.clear()
+    assert main([*argv, "--memory", "herding", "--option", "herding.epochs=1", "--compile", "on"]) == 0
+    assert asked == [("train", "on")] * 4  # per step: herding's feature network, then the training
+    assert {r["method"] for r in read_rows(tmp_path / "run" / "results.csv")} == {"dm", "herding"}
 
 
 @pytest.mark.skipif(not (Path(os.environ.get("DM_DATA_ROOT", "/work/shared/data")) / "MNIST").is_dir(),

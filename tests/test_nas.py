@@ -127,6 +127,24 @@ def test_search_runs_in_process_and_records_every_trial(tmp_path):
     assert not (Path(os.environ["HOME"]) / "nni-experiments").exists()  # in-process: no NNI manager, no files
 
 
+def test_precision_and_compile_flags_reach_every_trial(tmp_path, monkeypatch, capsys):
+    """``--precision bf16`` trains and evaluates every trial in bf16 under its own budget; ``--compile`` is the mode
+    of every trial's training."""
+    import dm_core.train
+
+    seen = []
+    monkeypatch.setattr(dm_core.train, "compile_pays", lambda net, x, config, *a, **k:
+                        seen.append((config.precision, config.compile)) or False)
+    argv = ["--dataset", "digits", "--space", "micro", "--proxy", "random5", "--epochs", "1", "--repeats", "1",
+            "--device", "cpu", "--out", str(tmp_path / "run"), "--no-progress", "--precision", "bf16",
+            "--compile", "off"]
+    assert search_main(argv) == 0
+    records = read_records(tmp_path / "run" / "results.csv")
+    assert len(records) == len(NAMED_SPACES["micro"])
+    assert all(r.precision == "bf16" and r.budget == "e1-b250-bf16" for r in records)
+    assert seen == [("bf16", "off")] * len(records)
+
+
 def test_search_resumes_without_redoing_finished_trials(tmp_path, monkeypatch):
     reference = read_records(run_search(tiny_search(tmp_path / "fresh")).results)
 

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from dm_core import DMConfig, DMError, TrainConfig, augment, build_model, condense_dm, reinit_, train_model
 from dm_core import compile as dm_compile
 from dm_core.device import make_generator
-from dm_core.dm import dm_loss, groups_generator
+from dm_core.augment import groups_generator
+from dm_core.dm import dm_loss
 from dm_core.train import evaluate_accuracy
 
 CPU = torch.device("cpu")
@@ -145,6 +146,31 @@ def test_short_runs_stay_eager(digits, monkeypatch):
                 device="cpu", progress=False)
     net = build_model("convnet-w8", 1, 10, (16, 16))
     train_model(net, digits.x_train[:64], digits.y_train[:64], TrainConfig(epochs=2, batch_size=32), device="cpu")
+
+
+@pytest.mark.parametrize("mode", ["off", "on"])
+def test_the_compile_flag_reaches_dm_herding_and_evaluate(mode, tmp_path, monkeypatch, capsys):
+    """``--compile MODE`` is the mode every compile decision of the command is asked with."""
+    import json
+
+    import dm_core.dm
+    import dm_core.train
+    from dm_core.cli import main
+
+    asked = []
+    monkeypatch.setattr(dm_core.dm, "should_compile", lambda m, *a: asked.append(("dm", m)) or False)
+    monkeypatch.setattr(dm_core.train, "compile_pays", lambda net, x, config, *a, **k:
+                        asked.append(("train", config.compile)) or False)
+    common = ["--dataset", "digits", "--ipc", "1", "--model", "convnet-d1-w4", "--device", "cpu", "--quiet",
+              "--compile", mode]
+    assert main(["condense", "--method", "dm", "--iterations", "2", "--batch-real", "4", *common,
+                 "--out", str(tmp_path / "dm.pt")]) == 0
+    assert main(["condense", "--method", "herding", "--herding-epochs", "1", *common,
+                 "--out", str(tmp_path / "h.pt")]) == 0
+    assert main(["evaluate", str(tmp_path / "dm.pt"), "--epochs", "1", "--models", "1", "--model", "convnet-d1-w4",
+                 "--device", "cpu", "--quiet", "--compile", mode]) == 0
+    assert asked == [("dm", mode), ("train", mode), ("train", mode)]  # DM, herding's feature net, evaluate
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["compile"] == mode
 
 
 # compiled = eager, up to rounding -----------------------------------------------------------------------------------

@@ -226,21 +226,19 @@ def condense_matching(method: str, matcher_type: type[Matcher], data: ImageDatas
                       f"{config.class_chunk} of {k_all} classes per pass would change the result: drop "
                       f"class_chunk (lower batch_real to save memory)")
 
-    def plan(chunk: int) -> list[tuple]:
-        chunks = [slice(s, min(s + chunk, k_all)) for s in range(0, k_all, chunk)]
-        return [(c, torch.arange(c.stop - c.start, device=device).repeat_interleave(n_real),
-                 torch.arange(c.stop - c.start, device=device).repeat_interleave(per_class)) for c in chunks]
+    def plan(chunk: int) -> list[slice]:
+        return [slice(s, min(s + chunk, k_all)) for s in range(0, k_all, chunk)]
 
     def iteration(net, chunks, real_index, params) -> torch.Tensor:
         total = None
-        for c, g_real, g_syn in chunks:
+        for c in chunks:
             real = run.store.images[real_index[c.start * n_real:c.stop * n_real]].contiguous(memory_format=fmt)
             syn = partition_expand(run.images[c.start * ipc:c.stop * ipc], factor)
             real_aug = syn_aug = None
             if params is not None:
-                p = params.take(c)
-                real_aug = lambda x, p=p, g=g_real: augment.apply(x, p, g)  # noqa: E731
-                syn_aug = lambda x, p=p, g=g_syn: augment.apply(x, p, g)  # noqa: E731
+                p = params.take(c)  # class i of the chunk: its real images, then its synthetic ones, use draw i
+                real_aug = lambda x, p=p: augment.apply_runs(x, p, n_real)  # noqa: E731
+                syn_aug = lambda x, p=p: augment.apply_runs(x, p, per_class)  # noqa: E731
             with precision_scope(device, config.precision):
                 loss = matcher.loss(net, real, syn, run.class_index[c], real_aug, syn_aug)
             loss.backward()  # chunks accumulate their independent gradients; one optimiser step follows
@@ -254,7 +252,10 @@ def condense_matching(method: str, matcher_type: type[Matcher], data: ImageDatas
         for it in bar:
             net = matcher.network(it)
             real_index = run.store.sample_indices(run.class_index, n_real, width, run.generator)
-            params = augment.sample_params(k_all, run.generator, device, config.augment) if use_aug else None
+            params = None
+            if use_aug:  # groups drawn on the host, so that only the drawn op is computed, on any device
+                params = augment.sample_params(k_all, run.generator, device, config.augment,
+                                               host=augment.groups_generator(config.seed, it))
             while True:
                 run.optimizer.zero_grad(set_to_none=True)
                 try:
