@@ -15,6 +15,7 @@ from pathlib import Path
 
 from dm_core import DMError
 from dm_core.compile import COMPILE_MODES
+from dm_core.signals import sigterm_as_interrupt, stop_report
 
 from .builder import PAPER_METHODS
 from .config import LOGGERS, METHODS, PRECISIONS, ContinualConfig, prepare
@@ -92,28 +93,29 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     config = None
     try:
-        config = config_from_args(args)
-        if config.threads:
-            import torch
+        with sigterm_as_interrupt():
+            config = config_from_args(args)
+            if config.threads:
+                import torch
 
-            torch.set_num_threads(config.threads)
-        data = prepare(config)
-        from .experiment import final_accuracies, run_continual  # Avalanche is imported once the input is good
-        from .results import ResultsTable
+                torch.set_num_threads(config.threads)
+            data = prepare(config)
+            from .experiment import final_accuracies, run_continual  # Avalanche is imported once the input is good
+            from .results import ResultsTable
 
-        path = run_continual(config, data)
-        table = ResultsTable(path)
-        summary = {"results": str(path), "rows": len(table.rows),
-                   "final_accuracy_percent": final_accuracies(config, table)}
+            path = run_continual(config, data)
+            table = ResultsTable(path)
+            summary = {"results": str(path), "rows": len(table.rows),
+                       "final_accuracy_percent": final_accuracies(config, table)}
     except DMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM
+        words, status = stop_report(exc)
         where = (f"{config.out}/results.csv and {config.out}/memory (a memory being condensed keeps a checkpoint "
                  f"there)" if config else "nothing yet")
-        print(f"interrupted: finished steps are saved in {where}; rerun the same command to continue",
-              file=sys.stderr)
-        return 130
+        print(f"{words}: finished steps are saved in {where}; rerun the same command to continue", file=sys.stderr)
+        return status
     print(json.dumps(summary))
     return 0
 

@@ -24,6 +24,7 @@ from .condense import Interrupted
 from .compile import COMPILE_MODES
 from .methods import COMPILED_METHODS, CONDENSERS, METHODS, check_options, make_set
 from .precision import PRECISIONS
+from .signals import Terminated, sigterm_as_interrupt
 from .synset import SyntheticSet
 from .train import TrainConfig, evaluate_set
 
@@ -276,6 +277,20 @@ def interrupted_message(req) -> str:
     return "interrupted; nothing was saved: rerun the command to start again"
 
 
+def terminated_message(req, w) -> str:
+    """What a SIGTERM leaves behind: the last periodic checkpoint(s), never a set file."""
+    if isinstance(req, CondenseRequest) and req.method in CONDENSERS:
+        checkpoint = rank_checkpoint(req.checkpoint or req.out.with_suffix(".ckpt"), w)
+        if w.sharded:
+            pattern = checkpoint.with_name(checkpoint.name.replace(f".rank{w.rank}-of-", ".rank*-of-"))
+            return f"no set was written; the per-rank checkpoints {pattern} hold the run: rerun the same command " \
+                   f"to continue"
+        if checkpoint.is_file():
+            return f"no set was written; the last checkpoint {checkpoint} holds the run: rerun the same command " \
+                   f"to continue"
+    return "nothing was written: rerun the command to start again"
+
+
 def _fresh_line(args: argparse.Namespace) -> str:
     """A progress bar leaves the cursor at the end of its line: start the last message on a line of its own."""
     return "" if args.quiet else "\n"
@@ -283,7 +298,8 @@ def _fresh_line(args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    status = run(args)
+    with sigterm_as_interrupt():
+        status = run(args)
     leave_group(graceful=status == 0)
     return status
 
@@ -310,6 +326,14 @@ def run(args: argparse.Namespace) -> int:
         print(f"{_fresh_line(args)}interrupted at iteration {stop.iteration} of {stop.iterations}; {where}",
               file=sys.stderr)
         return 130
+    except Terminated:
+        w = world()
+        if w.is_main:
+            why = ("torchrun stops every process when one of them fails; see its report below" if w.sharded
+                   else "the job was cancelled")
+            print(f"{_fresh_line(args)}error: stopped by SIGTERM ({why}); {terminated_message(req, w)}",
+                  file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"{_fresh_line(args)}{interrupted_message(req)}", file=sys.stderr)
         return 130

@@ -19,6 +19,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from dm_core import ConvNetSpec, DMError, TrainConfig, resolve_device
+from dm_core.signals import sigterm_as_interrupt, stop_report
 
 from .analysis import TOP_FRACTION, groundtruth_targets, mean_scores
 from .data import load_search_data
@@ -126,15 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        logging.getLogger("nni").setLevel(logging.WARNING)
-        truth = run_groundtruth(GroundTruthConfig(**vars(args)))
+        with sigterm_as_interrupt():
+            logging.getLogger("nni").setLevel(logging.WARNING)
+            truth = run_groundtruth(GroundTruthConfig(**vars(args)))
     except DMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"interrupted: finished trials are saved in {Path(args.out) / 'groundtruth.csv'}; rerun the same "
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM
+        words, status = stop_report(exc)
+        print(f"{words}: finished trials are saved in {Path(args.out) / 'groundtruth.csv'}; rerun the same "
               f"command to continue", file=sys.stderr)
-        return 130
+        return status
     best = max(truth, key=truth.get)
     print(json.dumps({"groundtruth": str(Path(args.out) / "groundtruth.csv"), "architectures": len(truth),
                       "best": best, "best_test_percent": round(100 * truth[best], 2)}))

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from dm_core import DMError, TrainConfig, resolve_device
 from dm_core.compile import COMPILE_MODES, check_compile
 from dm_core.precision import PRECISIONS, check_precision
+from dm_core.signals import sigterm_as_interrupt, stop_report
 
 from .assessor import CurveStore, TrialAssessor, parse_assessor
 from .data import SearchData, load_search_data
@@ -311,16 +312,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        config = SearchConfig(**vars(args))
-        logging.getLogger("nni").setLevel(logging.WARNING)
-        summary = run_search(config)
+        with sigterm_as_interrupt():
+            config = SearchConfig(**vars(args))
+            logging.getLogger("nni").setLevel(logging.WARNING)
+            summary = run_search(config)
     except DMError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"interrupted: finished trials are saved in {Path(args.out) / 'results.csv'} (a proxy condensation "
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM
+        words, status = stop_report(exc)
+        print(f"{words}: finished trials are saved in {Path(args.out) / 'results.csv'} (a proxy condensation "
               f"keeps its checkpoint); rerun the same command to continue", file=sys.stderr)
-        return 130
+        return status
     if not summary.ranking:
         print(f"{summary.proxy}: no architecture finished; rows in {summary.results}")
         return 0

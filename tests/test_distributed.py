@@ -101,6 +101,22 @@ def test_launch_has_no_interface_but_loopback(tmp_path):
     assert addresses and all(a.startswith(("127.", "::1")) for a in addresses)
 
 
+def worker_of_rank(folder: Path, rank: int) -> int:
+    """The pid of the torchrun worker of ``rank`` working in ``folder`` (found by its cwd and its RANK variable)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if Path(os.readlink(entry / "cwd")) != folder:
+                    continue
+                environ = (entry / "environ").read_bytes().split(b"\0")
+                command = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if f"RANK={rank}".encode() in environ and b"-m\0dm_core" in command:
+                return int(entry.name)
+    raise AssertionError(f"no worker of rank {rank} in {folder}")
+
+
 def kill_everything_in(folder: Path) -> None:
     """SIGKILL every process working in ``folder``: torchrun and its workers (which run in sessions of their own)."""
     import signal
@@ -140,3 +156,30 @@ def test_killed_sharded_run_resumes_from_per_rank_checkpoints(tmp_path):
     a = torch.load(tmp_path / "s.pt", weights_only=True)["images"]
     b = torch.load(tmp_path / "straight.pt", weights_only=True)["images"]
     assert (a - b).abs().max() <= 1e-6
+
+
+def test_a_dying_rank_ends_with_one_error_line_and_no_set(tmp_path):
+    """A rank killed mid-run: rank 0 says so in one ``error:`` line (whether gloo or torchrun's SIGTERM reaches it
+    first), no set file appears, and the per-rank checkpoints stay for the rerun."""
+    import signal
+    import time
+
+    args = ["condense", "--dataset", "digits", "--method", "dm", "--ipc", "1", "--iterations", "3000",
+            "--batch-real", "4", "--model", "convnet-d1-w8", "--device", "cpu", "--option", "checkpoint_every=20",
+            "--out", "s.pt", "--quiet"]
+    run = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+           "--master-port", "29533", "-m", "dm_core", *args]
+    command = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *run] if NAMESPACE else run
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    ranks = [tmp_path / "s.rank0-of-2.ckpt", tmp_path / "s.rank1-of-2.ckpt"]
+    deadline = time.time() + 300
+    while not all(p.exists() for p in ranks) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    os.kill(worker_of_rank(tmp_path, 1), signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, err
+    assert "failed or stopped answering" in errors[0] or "stopped by SIGTERM" in errors[0]
+    assert not (tmp_path / "s.pt").exists() and all(p.exists() for p in ranks)

@@ -235,8 +235,10 @@ def test_atomic_writes_never_touch_the_umask(tmp_path, monkeypatch):
 
 # --- Ctrl-C ----------------------------------------------------------------------------------------------------------
 
-def run_and_interrupt(argv: list[str], cwd: Path, after: str = "it/s") -> subprocess.CompletedProcess:
-    """Start ``python -m dm_core ARGV``, send SIGINT once its progress bar shows ``after``, wait for the end."""
+def run_and_interrupt(argv: list[str], cwd: Path, after: str = "it/s", signum: int = signal.SIGINT,
+                      written: Path | None = None) -> subprocess.CompletedProcess:
+    """Start ``python -m dm_core ARGV``, send ``signum`` once its progress bar shows ``after`` (and the file
+    ``written`` exists), wait for the end."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "dm_core", *argv], cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
@@ -253,7 +255,10 @@ def run_and_interrupt(argv: list[str], cwd: Path, after: str = "it/s") -> subpro
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     assert ready.wait(120), "the command never showed progress"
-    proc.send_signal(signal.SIGINT)
+    deadline = time.time() + 120
+    while written is not None and not written.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signum)
     out = proc.stdout.read()
     proc.wait(120)
     reader.join(10)
@@ -296,3 +301,16 @@ def test_ctrl_c_in_evaluate_says_nothing_was_saved(tmp_path):
     lines = [line for line in stopped.stderr.replace("\r", "\n").splitlines() if line.strip()]
     assert lines[-1].startswith("interrupted") and "nothing was saved" in lines[-1]
     assert snapshot(tmp_path) == before
+
+
+def test_sigterm_ends_with_one_error_line_and_keeps_the_checkpoint(tmp_path):
+    """A cancelled job (SIGTERM, as scancel or kill send) says so in one ``error:`` line, writes no set, and the
+    periodic checkpoint continues the run."""
+    argv = ["condense", "--dataset", "digits", "--method", "dm", "--ipc", "1", "--iterations", "3000",
+            "--batch-real", "4", "--model", "convnet-d1-w8", "--device", "cpu", "--option", "checkpoint_every=10",
+            "--out", "s.pt"]
+    stopped = run_and_interrupt(argv, tmp_path, signum=signal.SIGTERM, written=tmp_path / "s.ckpt")
+    assert stopped.returncode == 143, stopped.stderr
+    errors = [line for line in stopped.stderr.replace("\r", "\n").splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "stopped by SIGTERM" in errors[0] and "s.ckpt" in errors[0], stopped.stderr
+    assert "Traceback" not in stopped.stderr and (tmp_path / "s.ckpt").is_file() and not (tmp_path / "s.pt").exists()

@@ -191,12 +191,14 @@ def _wait_for_rows(proc: subprocess.Popen, csv_path: Path, rows: int = 1) -> Non
     raise AssertionError(f"no row within 3 minutes, or it ended first: {proc.poll()} {proc.communicate()}")
 
 
-def _interrupt(proc: subprocess.Popen) -> tuple[int, str]:
+def _interrupt(proc: subprocess.Popen, signum: int = signal.SIGINT) -> tuple[int, str]:
+    """Ctrl-C (or SIGTERM, a cancelled job): one line, exit status 130 (143)."""
     assert proc.poll() is None, f"finished before it could be interrupted: {proc.communicate()}"
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     lines = err.strip().splitlines()
-    assert proc.returncode == 130 and len(lines) == 1 and lines[0].startswith("interrupted: "), err
+    status, words = (130, "interrupted: ") if signum == signal.SIGINT else (143, "stopped by SIGTERM: ")
+    assert proc.returncode == status and len(lines) == 1 and lines[0].startswith(words), err
     assert "rerun the same command to continue" in lines[0]
     return proc.returncode, err
 
@@ -222,7 +224,8 @@ def test_two_searches_at_once_lose_nothing_and_ctrl_c_resumes(tmp_path):
     assert all("make_seconds" in entry for entry in info["proxies"].values())
 
 
-def test_ctrl_c_in_groundtruth_is_one_line_and_the_same_command_resumes(tmp_path, capsys):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_in_groundtruth_is_one_line_and_the_same_command_resumes(tmp_path, capsys, signum):
     out = tmp_path / "run"
     out.mkdir()
     (out / "run.json").write_text(json.dumps({"dataset": "digits", "split_seed": 0, "val_fraction": 0.1,
@@ -231,7 +234,7 @@ def test_ctrl_c_in_groundtruth_is_one_line_and_the_same_command_resumes(tmp_path
           "--no-progress"]
     proc = _start(["nas.groundtruth", *gt], tmp_path)
     _wait_for_rows(proc, out / "groundtruth.csv")
-    _interrupt(proc)
+    _interrupt(proc, signum)
     saved = {r.key: r for r in read_records(out / "groundtruth.csv")}
     assert 1 <= len(saved) < 8
     capsys.readouterr()
