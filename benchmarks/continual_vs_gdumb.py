@@ -106,7 +106,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
                    help="run only these (the table shows every finished one in OUT/results.jsonl)")
-    p.add_argument("--epochs", type=int, default=100, help="training epochs after every step (all methods)")
+    p.add_argument("--epochs", type=int, default=300, help="training epochs after every step (all methods)")
     p.add_argument("--iterations", type=int, default=200, help="DM iterations per step")
     p.add_argument("--batch-real", type=int, default=64, help="DM real images per class and iteration")
     p.add_argument("--max-train-per-class", type=int, default=500)
