@@ -8,8 +8,9 @@ that end in their own classifiers; the logits have one shape, so DARTS can mix t
 ``InputChoice`` between the classifier outputs taken after block 1, 2, ...: every depth shares the blocks before it.
 
 The supernet is trained on the proxy set (weights) with NNI's Lightning ``Classification`` evaluator (Adam, no
-augmentation); DARTS-style strategies update their architecture weights on batches of the validation split. DARTS,
-GumbelDARTS and Proxyless then export their most likely architecture. RandomOneShot trains the supernet on random
+augmentation); DARTS-style strategies update their architecture weights on batches of the validation split (per
+epoch, as many validation images as the proxy holds, drawn afresh). DARTS, GumbelDARTS and Proxyless then export
+their most likely architecture. RandomOneShot trains the supernet on random
 paths and exports an arbitrary one (NNI says so), so here every architecture of the space is scored with the
 inherited weights on (up to) 1000 validation images and the best is selected. ENAS needs ``tianshou``.
 
@@ -168,7 +169,7 @@ def _search(plan, data, task, supernet_epochs: int) -> ConvNetSpec:
     from nni.nas.evaluator.pytorch import Classification
     from nni.nas.execution import SequentialExecutionEngine
     from nni.nas.space import RawFormatModelSpace
-    from torch.utils.data import DataLoader, TensorDataset
+    from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
     for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)  # Lightning's banner lines about GPUs and TPUs
@@ -180,8 +181,14 @@ def _search(plan, data, task, supernet_epochs: int) -> ConvNetSpec:
     loader = nni.trace(DataLoader)
     shuffle = torch.Generator().manual_seed(plan.config.seed)
     train_loader = loader(TensorDataset(task.x, task.y), batch_size=batch, shuffle=True, generator=shuffle)
-    val_loader = loader(TensorDataset(task.x_val, task.y_val), batch_size=batch, shuffle=True,
-                        generator=torch.Generator().manual_seed(plan.config.seed + 1))
+    # DARTS-style strategies interleave weight steps on the proxy with architecture steps on validation batches and
+    # run an epoch until both loaders are exhausted: each epoch draws as many validation images as the proxy holds
+    # (afresh every epoch), so a 100-image proxy is not paired with the whole validation split (MNIST: 6,000 images,
+    # 24 architecture steps per weight step).
+    val_set = TensorDataset(task.x_val, task.y_val)
+    val_sampler = RandomSampler(val_set, num_samples=min(len(task.x), len(val_set)),
+                                generator=torch.Generator().manual_seed(plan.config.seed + 1))
+    val_loader = loader(val_set, batch_size=batch, sampler=val_sampler)
     accelerator = "gpu" if plan.device.type == "cuda" else "cpu"
     evaluator = Classification(train_dataloaders=train_loader, val_dataloaders=val_loader, max_epochs=supernet_epochs,
                                num_classes=train.num_classes, accelerator=accelerator, devices=1, logger=False,

@@ -183,3 +183,18 @@ def test_a_dying_rank_ends_with_one_error_line_and_no_set(tmp_path):
     assert len(errors) == 1, err
     assert "failed or stopped answering" in errors[0] or "stopped by SIGTERM" in errors[0]
     assert not (tmp_path / "s.pt").exists() and all(p.exists() for p in ranks)
+
+
+def test_a_group_that_never_forms_ends_with_one_error_line(tmp_path):
+    """Rank 0 of 2 started alone (its peer's node never came up): after DM_DIST_TIMEOUT seconds, one ``error:`` line,
+    exit status 2, and nothing written."""
+    worker = [sys.executable, "-m", "dm_core", *SMALL_DM, "--out", "s.pt"]
+    command = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *worker] if NAMESPACE else worker
+    lonely = {**env(), "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+              "MASTER_PORT": "29534", "DM_DIST_TIMEOUT": "3"}
+    proc = subprocess.run(command, cwd=tmp_path, env=lonely, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]  # beside c10d's own warnings
+    assert len(errors) == 1 and errors[0].startswith("error: could not join the process group"), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []
