@@ -37,14 +37,15 @@ def env() -> dict:
             "DM_DIST_TIMEOUT": "120"}
 
 
+def in_namespace(command: list[str]) -> list[str]:
+    """``command`` in a network namespace of its own with only loopback up (as it is where unshare is refused)."""
+    return ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *command] if NAMESPACE else command
+
+
 def launch(nproc: int, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     run = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc), "--master-addr",
            "127.0.0.1", "--master-port", "29531", "-m", "dm_core", *args]
-    if NAMESPACE:
-        command = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *run]
-    else:
-        command = run
-    return subprocess.run(command, cwd=cwd, env=env(), capture_output=True, text=True, timeout=600)
+    return subprocess.run(in_namespace(run), cwd=cwd, env=env(), capture_output=True, text=True, timeout=600)
 
 
 def single(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -130,21 +131,35 @@ def kill_everything_in(folder: Path) -> None:
                 pass
 
 
-def test_killed_sharded_run_resumes_from_per_rank_checkpoints(tmp_path):
-    import time
-
-    args = ["condense", "--dataset", "digits", "--method", "dm", "--ipc", "1", "--iterations", "800",
+def long_condense(iterations: int) -> list[str]:
+    """A DM condensation into s.pt that checkpoints every 20 iterations."""
+    return ["condense", "--dataset", "digits", "--method", "dm", "--ipc", "1", "--iterations", str(iterations),
             "--batch-real", "4", "--model", "convnet-d1-w8", "--device", "cpu", "--option", "checkpoint_every=20",
             "--out", "s.pt", "--quiet"]
-    run = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", "29532", "-m", "dm_core", *args]
-    command = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *run] if NAMESPACE else run
-    proc = subprocess.Popen(command, cwd=tmp_path, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    ranks = [tmp_path / "s.rank0-of-2.ckpt", tmp_path / "s.rank1-of-2.ckpt"]
+
+
+def long_sharded_run(tmp_path: Path, args: list[str], port: int, **popen) -> tuple[list[str], subprocess.Popen]:
+    """``args`` (a ``long_condense``) run by 2 ranks in ``tmp_path``, started and waited for until both ranks have
+    written a checkpoint; (its torchrun command, the process)."""
+    import time
+
+    command = in_namespace([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
+                            "127.0.0.1", "--master-port", str(port), "-m", "dm_core", *args])
+    proc = subprocess.Popen(command, cwd=tmp_path, env=env(), start_new_session=True, **popen)
     deadline = time.time() + 300
-    while not all(p.exists() for p in ranks) and proc.poll() is None and time.time() < deadline:
+    while not all(p.exists() for p in rank_checkpoints(tmp_path)) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
+    return command, proc
+
+
+def rank_checkpoints(folder: Path) -> list[Path]:
+    return [folder / "s.rank0-of-2.ckpt", folder / "s.rank1-of-2.ckpt"]
+
+
+def test_killed_sharded_run_resumes_from_per_rank_checkpoints(tmp_path):
+    args = long_condense(800)
+    command, proc = long_sharded_run(tmp_path, args, 29532, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ranks = rank_checkpoints(tmp_path)
     kill_everything_in(tmp_path)  # the whole job dies at once, as on a lost node
     proc.wait(60)
     assert all(p.exists() for p in ranks) and not (tmp_path / "s.pt").exists()
@@ -162,20 +177,10 @@ def test_a_dying_rank_ends_with_one_error_line_and_no_set(tmp_path):
     """A rank killed mid-run: rank 0 says so in one ``error:`` line (whether gloo or torchrun's SIGTERM reaches it
     first), no set file appears, and the per-rank checkpoints stay for the rerun."""
     import signal
-    import time
 
-    args = ["condense", "--dataset", "digits", "--method", "dm", "--ipc", "1", "--iterations", "3000",
-            "--batch-real", "4", "--model", "convnet-d1-w8", "--device", "cpu", "--option", "checkpoint_every=20",
-            "--out", "s.pt", "--quiet"]
-    run = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-           "--master-port", "29533", "-m", "dm_core", *args]
-    command = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *run] if NAMESPACE else run
-    proc = subprocess.Popen(command, cwd=tmp_path, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    ranks = [tmp_path / "s.rank0-of-2.ckpt", tmp_path / "s.rank1-of-2.ckpt"]
-    deadline = time.time() + 300
-    while not all(p.exists() for p in ranks) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
+    _, proc = long_sharded_run(tmp_path, long_condense(3000), 29533, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    ranks = rank_checkpoints(tmp_path)
     os.kill(worker_of_rank(tmp_path, 1), signal.SIGKILL)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode != 0
@@ -188,8 +193,7 @@ def test_a_dying_rank_ends_with_one_error_line_and_no_set(tmp_path):
 def test_a_group_that_never_forms_ends_with_one_error_line(tmp_path):
     """Rank 0 of 2 started alone (its peer's node never came up): after DM_DIST_TIMEOUT seconds, one ``error:`` line,
     exit status 2, and nothing written."""
-    worker = [sys.executable, "-m", "dm_core", *SMALL_DM, "--out", "s.pt"]
-    command = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *worker] if NAMESPACE else worker
+    command = in_namespace([sys.executable, "-m", "dm_core", *SMALL_DM, "--out", "s.pt"])
     lonely = {**env(), "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
               "MASTER_PORT": "29534", "DM_DIST_TIMEOUT": "3"}
     proc = subprocess.run(command, cwd=tmp_path, env=lonely, capture_output=True, text=True, timeout=120)
