@@ -46,7 +46,9 @@ class TrialRecord:
 
     @property
     def key(self) -> tuple[str, str, str, int]:
-        return (self.proxy, self.arch, self.budget, self.repeat)
+        """What makes two rows the same training: proxy, architecture, budget and the trial's seed (``repeat`` is the
+        index within the search that wrote it; searches with other ``--seed`` values share the trials they share)."""
+        return (self.proxy, self.arch, self.budget, self.seed)
 
 
 # CSV column -> TrialRecord field, in file order.
@@ -170,8 +172,8 @@ class TrialStore:
         return read_records(self.path)
 
     def done(self, proxy: str, arch: str, budget: str) -> dict[int, TrialRecord]:
-        """Finished repeats of one architecture under one proxy and budget, by repeat index."""
-        return {r.repeat: r for r in self.records() if (r.proxy, r.arch, r.budget) == (proxy, arch, budget)}
+        """Finished trainings of one architecture under one proxy and budget, by trial seed."""
+        return {r.seed: r for r in self.records() if (r.proxy, r.arch, r.budget) == (proxy, arch, budget)}
 
     def add(self, record: TrialRecord) -> None:
         """Record one repeat: read, replace its key, write back, all under the lock (no concurrent row is lost)."""

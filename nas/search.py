@@ -31,7 +31,7 @@ from .results import TrialStore
 from .rundir import RunDir
 from .space import ConvNetModelSpace, SearchSpace, parse_space, spec_from_sample
 from .strategies import StrategyChoice, parse_strategy
-from .trial import ArchitectureEvaluator, TrainTask
+from .trial import ArchitectureEvaluator, TrainTask, repeat_seed
 
 EXECUTIONS = ("sequential", "local", "remote", "kubeflow", "frameworkcontroller")
 # NNI training services that need machine or cluster settings (--training-service FILE); kubeflow and
@@ -242,10 +242,12 @@ def run_search(config: SearchConfig) -> SearchSummary:
 
 
 def summarize(plan: SearchPlan, store: TrialStore, proxy: str, budget: str, archs: list[str]) -> SearchSummary:
+    """This search's ranking: the mean validation accuracy of its own repeats (trial seeds seed .. seed+repeats-1)."""
     wanted = set(archs)
+    seeds = {repeat_seed(plan.config.seed, repeat) for repeat in range(plan.config.repeats)}
     by_arch: dict[str, list[float]] = {}
     for r in store.records():
-        if (r.proxy, r.budget) == (proxy, budget) and r.arch in wanted:
+        if (r.proxy, r.budget) == (proxy, budget) and r.arch in wanted and r.seed in seeds:
             by_arch.setdefault(r.arch, []).append(r.val_acc)
     stopped = set()
     if plan.assessor is not None:

@@ -134,8 +134,9 @@ class ArchitectureEvaluator:
             if stopped is not None:
                 return TrialResult([], stopped)
         done = self.store.done(label, spec.name, budget)
-        if all(repeat in done for repeat in range(self.repeats)):
-            return TrialResult([done[repeat] for repeat in range(self.repeats)])
+        seeds = [repeat_seed(self.seed, repeat) for repeat in range(self.repeats)]
+        if all(seed in done for seed in seeds):
+            return TrialResult([done[seed] for seed in seeds])
         return None
 
     def run(self, spec: ConvNetSpec, model: nn.Module | None = None) -> TrialResult:
@@ -147,7 +148,7 @@ class ArchitectureEvaluator:
         done = self.store.done(label, spec.name, budget)
         records = []
         for repeat in range(self.repeats):
-            record, reused = done.get(repeat), True
+            record, reused = done.get(repeat_seed(self.seed, repeat)), True
             if record is None:
                 curve: list[float] = []
                 judge = self.assessor if repeat == 0 else None

@@ -175,6 +175,25 @@ def test_search_resumes_without_redoing_finished_trials(tmp_path, monkeypatch):
     assert calls == []  # a finished search trains nothing
 
 
+def test_another_seed_trains_its_own_trials_and_shares_the_common_ones(tmp_path, monkeypatch):
+    """Repeat r of a search with --seed s is the training with seed s + r: a search with another seed into the same
+    run directory reuses only the trainings with the same seed, never a row trained from another seed."""
+    real, seeds = trial_mod.train_architecture, []
+    monkeypatch.setattr(trial_mod, "train_architecture",
+                        lambda spec, task, repeat, seed, *a, **k: seeds.append(seed + repeat) or
+                        real(spec, task, repeat, seed, *a, **k))
+    run_search(tiny_search(tmp_path / "run", space="depth=1;width=32;act=relu;norm=none;pool=avgpool"))
+    assert seeds == [0, 1]
+    seeds.clear()
+    summary = run_search(tiny_search(tmp_path / "run", space="depth=1;width=32;act=relu;norm=none;pool=avgpool",
+                                     seed=1))
+    assert seeds == [2]  # trial seed 1 was trained by the first search; 2 is new
+    records = read_records(tmp_path / "run" / "results.csv")
+    assert sorted(r.seed for r in records) == [0, 1, 2]  # one row per training, none overwritten
+    by_seed = {r.seed: r.val_acc for r in records}
+    assert summary.best[1] == pytest.approx((by_seed[1] + by_seed[2]) / 2)  # the seed-1 search's own repeats
+
+
 @pytest.mark.parametrize("strategy", ["random", "evolution", "tpe", "RegularizedEvolution", "GridSearch"])
 def test_other_strategies_respect_the_trial_budget(tmp_path, strategy):
     summary = run_search(tiny_search(tmp_path / strategy, strategy=strategy, max_trials=3, repeats=1, epochs=1))
