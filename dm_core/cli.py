@@ -281,13 +281,14 @@ def terminated_message(req, w) -> str:
     """What a SIGTERM leaves behind: the last periodic checkpoint(s), never a set file."""
     if isinstance(req, CondenseRequest) and req.method in CONDENSERS:
         checkpoint = rank_checkpoint(req.checkpoint or req.out.with_suffix(".ckpt"), w)
+        held = None
         if w.sharded:
             pattern = checkpoint.with_name(checkpoint.name.replace(f".rank{w.rank}-of-", ".rank*-of-"))
-            return f"no set was written; the per-rank checkpoints {pattern} hold the run: rerun the same command " \
-                   f"to continue"
-        if checkpoint.is_file():
-            return f"no set was written; the last checkpoint {checkpoint} holds the run: rerun the same command " \
-                   f"to continue"
+            held = f"the per-rank checkpoints {pattern} hold"
+        elif checkpoint.is_file():
+            held = f"the last checkpoint {checkpoint} holds"
+        if held is not None:
+            return f"no set was written; {held} the run: rerun the same command to continue"
     return "nothing was written: rerun the command to start again"
 
 
