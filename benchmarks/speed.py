@@ -13,8 +13,8 @@ the cost), the paper's ConvNet (depth 3, width 128, instance norm, average pooli
   ``dm_core.condense_dm`` with ``compile`` off and on.
 - DSA, seconds per outer iteration at a reduced schedule (``--dsa-loops``, default 2 outer steps and 1 inner
   epoch; the paper's 10 / 50 at 10 ipc would take hours here): ``dm_core.condense_dsa``. Baseline: the same run with
-  every augmentation op computed for every sample (the branchless path, which draws on a GPU still take in DSA);
-  candidate: only the drawn op (DSA has no compiled path).
+  every augmentation op computed for every sample (the branchless path, which DSA took on a GPU before its groups
+  were drawn on the host); candidate: only the drawn op (DSA has no compiled path).
 - Training, seconds per epoch of ``dm_core.train_model`` on 500 images, batch 250 (2 steps, DSA augmentation):
   eager fp32 is the baseline of the compiled and bf16 rows; the first call's extra time is the compile time, and
   "break-even" is the number of epochs after which compiling has paid for itself.
@@ -200,14 +200,20 @@ def main(argv=None) -> int:
                              progress=False)
             return run
 
+        def mixed_runs(x, params, run):
+            """``augment.apply_runs`` by the branchless path: every op's work for every sample."""
+            index = torch.arange(len(params.op)).repeat_interleave(run)
+            every = augment.AugmentParams(params.op[index].to(x.device), params.u[index.to(params.u.device)])
+            return augment._apply_mixed(x, every)
+
         def every_op(run):
             def patched(n):
-                drawn = augment._apply_drawn
-                augment._apply_drawn = augment._apply_mixed
+                drawn, runs = augment._apply_drawn, augment.apply_runs
+                augment._apply_drawn, augment.apply_runs = augment._apply_mixed, mixed_runs
                 try:
                     run(n)
                 finally:
-                    augment._apply_drawn = drawn
+                    augment._apply_drawn, augment.apply_runs = drawn, runs
             return patched
 
         block = {}
