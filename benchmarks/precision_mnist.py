@@ -13,16 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
-
-def cli(args: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "dm_core", *args, "--quiet"], capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"failed: python -m dm_core {' '.join(args)}\n{proc.stderr}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+from mnist_table import cli  # this script's folder is on sys.path when it runs
 
 
 def main(argv=None) -> int:

@@ -10,15 +10,11 @@ from typing import Mapping
 
 import torch
 
-try:
-    import fcntl
-except ImportError:  # not POSIX: no locking (one writer per run directory)
-    fcntl = None
-
 from dm_core import (CONDENSERS, DMError, ImageDataset, SyntheticSet, atomic_write_text, build_model, load_dataset,
                      resolve_device)
 
 from dm_core.compile import check_compile
+from dm_core.io import file_lock
 from dm_core.methods import COMPILED_METHODS
 
 from .builder import METHODS, check_options
@@ -133,6 +129,15 @@ def _check_out(out: Path) -> None:
 def _check_run_dir(config: ContinualConfig) -> None:
     """An existing run directory must hold the same protocol, a readable results file and readable memory files."""
     out = Path(config.out)
+    stored_settings(config)
+    for memory_file in sorted((out / "memory").glob("*/seed*/step*.pt")):
+        SyntheticSet.load(memory_file)
+
+
+def stored_settings(config: ContinualConfig) -> dict | None:
+    """The run directory's stored settings (None when it has none yet), refused with one DMError if ``config``
+    changes them (``changed_settings``); reads and so validates its results file."""
+    out = Path(config.out)
     rows = read_results(out / "results.csv") if (out / "results.csv").exists() else []
     old = read_settings(out)
     if old is not None:
@@ -140,8 +145,7 @@ def _check_run_dir(config: ContinualConfig) -> None:
         if diffs:
             raise DMError(f"{config.out} holds a run with other settings ({'; '.join(diffs)}): use another --out to "
                           f"start afresh")
-    for memory_file in sorted((out / "memory").glob("*/seed*/step*.pt")):
-        SyntheticSet.load(memory_file)
+    return old
 
 
 def read_settings(out: Path) -> dict | None:
@@ -190,17 +194,8 @@ def store_settings(config: ContinualConfig) -> None:
     starting into one directory at once (other methods, say) each keep their options in config.json, and a change
     that slipped in between the check and the write is refused."""
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / ".config.lock", "a") as lock:
-        if fcntl is not None:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes
-        old = read_settings(out)
-        if old is not None:
-            rows = read_results(out / "results.csv") if (out / "results.csv").exists() else []
-            diffs = changed_settings(old, config, {row["method"] for row in rows})
-            if diffs:
-                raise DMError(f"{config.out} holds a run with other settings ({'; '.join(diffs)}): use another --out "
-                              f"to start afresh")
+    with file_lock(out / ".config.lock"):
+        old = stored_settings(config)
         atomic_write_text(out / CONFIG_FILE, json.dumps(merged_settings(old, config), indent=2) + "\n")
 
 

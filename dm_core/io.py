@@ -4,11 +4,17 @@ from __future__ import annotations
 import io
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from .errors import DMError
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locking (one writer at a time)
+    fcntl = None
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
@@ -53,6 +59,18 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
     except OSError as exc:
         raise DMError(f"cannot write {what} {path}: {folder} is not writable ({exc.strerror})") from None
     return path
+
+
+@contextmanager
+def file_lock(lock_path: str | os.PathLike):
+    """An exclusive ``flock`` on ``lock_path`` (created, with its folder, if needed) for the duration of the block:
+    read-modify-write of a file that several processes share (the file itself is then replaced atomically)."""
+    lock_path = Path(lock_path)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield  # the lock goes when the file closes, also on an exception
 
 
 def _umask() -> int:

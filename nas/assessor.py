@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from dm_core import DMError, atomic_write_text
-
-from .results import file_lock
+from dm_core.io import file_lock
 
 ASSESSORS = ("Medianstop", "Curvefitting")
 FINISHED, STOPPED = "finished", "stopped"

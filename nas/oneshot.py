@@ -30,13 +30,13 @@ import torch
 from torch import nn
 
 from dm_core import ConvNetSpec, DMError, atomic_write_text
+from dm_core.io import file_lock
 from dm_core.nets import make_norm
 
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", category=RuntimeWarning)
     from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace
 
-from .results import file_lock
 from .space import SearchSpace
 
 RANKING_IMAGES = 1000  # validation images that score each architecture under RandomOneShot's inherited weights

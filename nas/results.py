@@ -12,15 +12,14 @@ by an older version with ``val_acc``/``test_acc`` columns and no ``precision``) 
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
 import math
 import os
-from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 from dm_core import DMError, atomic_write_text
+from dm_core.io import file_lock
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -148,18 +147,6 @@ def render_records(records: list[TrialRecord]) -> str:
     for r in records:
         writer.writerow(["" if getattr(r, name) is None else getattr(r, name) for name in COLUMNS.values()])
     return buffer.getvalue()
-
-
-@contextmanager
-def file_lock(lock_path: Path):
-    """An exclusive ``flock`` on ``lock_path`` (created if needed) for the duration of the block."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 class TrialStore:

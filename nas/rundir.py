@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dm_core import DMError, atomic_write_text
+from dm_core.io import file_lock
 
-from .results import file_lock, read_records
+from .results import read_records
 
 RESULTS = "results.csv"
 GROUNDTRUTH = "groundtruth.csv"

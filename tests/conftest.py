@@ -28,6 +28,18 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def cl(tmp_path_factory):
+    """The continual package, imported with HOME in a temp dir (Avalanche writes ~/.avalanche when imported) and one
+    torch thread."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+        torch.set_num_threads(1)
+        import continual
+
+        yield continual
+
+
 @pytest.fixture(scope="session")
 def digits():
     from dm_core import load_dataset

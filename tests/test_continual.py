@@ -16,17 +16,6 @@ from dm_core import DMError, ImageDataset, TrainConfig, build_model, evaluate_ac
 TINY_NET = "convnet-d1-w8-relu-instancenorm-avgpool"
 
 
-@pytest.fixture(scope="module")
-def cl(tmp_path_factory):
-    """The continual package, imported with HOME in a temp dir: Avalanche writes ~/.avalanche when imported."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HOME", str(tmp_path_factory.mktemp("home")))
-        torch.set_num_threads(1)
-        import continual
-
-        yield continual
-
-
 def toy_data(num_classes: int = 6, per_class: int = 12, test_per_class: int = 5) -> ImageDataset:
     """Separable 8x8 grey images: class c is noise plus a bright pixel at position c."""
     g = torch.Generator().manual_seed(0)

@@ -23,16 +23,6 @@ OPTIONS = {"random": {}, "herding": {"epochs": 1, "model": TINY_NET},
 
 
 @pytest.fixture(scope="module")
-def cl(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HOME", str(tmp_path_factory.mktemp("home")))
-        torch.set_num_threads(1)
-        import continual
-
-        yield continual
-
-
-@pytest.fixture(scope="module")
 def small_digits():
     """Digits with 30 training and 10 test images per class (fast to condense and to train on)."""
     data = load_dataset("digits")

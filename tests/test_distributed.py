@@ -102,33 +102,41 @@ def test_launch_has_no_interface_but_loopback(tmp_path):
     assert addresses and all(a.startswith(("127.", "::1")) for a in addresses)
 
 
-def worker_of_rank(folder: Path, rank: int) -> int:
-    """The pid of the torchrun worker of ``rank`` working in ``folder`` (found by its cwd and its RANK variable)."""
+def processes_in(folder: Path) -> list[Path]:
+    """The /proc entries of every process working in ``folder`` (torchrun and its workers, which run in sessions of
+    their own)."""
+    found = []
     for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if Path(os.readlink(entry / "cwd")) != folder:
-                    continue
-                environ = (entry / "environ").read_bytes().split(b"\0")
-                command = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if f"RANK={rank}".encode() in environ and b"-m\0dm_core" in command:
-                return int(entry.name)
+        try:
+            if entry.name.isdigit() and Path(os.readlink(entry / "cwd")) == folder:
+                found.append(entry)
+        except OSError:  # gone, or not ours to read
+            pass
+    return found
+
+
+def worker_of_rank(folder: Path, rank: int) -> int:
+    """The pid of the torchrun worker of ``rank`` working in ``folder`` (found by its RANK variable)."""
+    for entry in processes_in(folder):
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            command = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ and b"-m\0dm_core" in command:
+            return int(entry.name)
     raise AssertionError(f"no worker of rank {rank} in {folder}")
 
 
 def kill_everything_in(folder: Path) -> None:
-    """SIGKILL every process working in ``folder``: torchrun and its workers (which run in sessions of their own)."""
+    """SIGKILL every process working in ``folder``: the whole job dies at once."""
     import signal
 
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if Path(os.readlink(entry / "cwd")) == folder:
-                    os.kill(int(entry.name), signal.SIGKILL)
-            except OSError:
-                pass
+    for entry in processes_in(folder):
+        try:
+            os.kill(int(entry.name), signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def long_condense(iterations: int) -> list[str]:

@@ -85,15 +85,20 @@ def check_positive(config, *names: str, integer: bool = False, zero: bool = Fals
 # ---------------------------------------------------------------------------------------------------------------
 # Partition and expansion (IDM section 4.1).
 
+def tile_size(height: int, width: int, factor: int) -> tuple[int, int]:
+    """(h, w) of one tile of a factor x factor grid over height x width images; the factor must divide both."""
+    if height % factor or width % factor:
+        raise DMError(f"factor {factor} does not divide the {height}x{width} images: use a factor that does")
+    return height // factor, width // factor
+
+
 def partition_expand(images: torch.Tensor, factor: int) -> torch.Tensor:
     """(N, C, H, W) -> (N * factor**2, C, H, W): each image cut into a factor x factor grid of tiles (row by row),
     each tile enlarged back to H x W by bilinear interpolation. Image i's tiles are rows i*f^2 .. (i+1)*f^2 - 1."""
     if factor == 1:
         return images
     n, c, height, width = images.shape
-    if height % factor or width % factor:
-        raise DMError(f"factor {factor} does not divide the {height}x{width} images: use a factor that does")
-    h, w = height // factor, width // factor
+    h, w = tile_size(height, width, factor)
     tiles = images.reshape(n, c, factor, h, factor, w).permute(0, 2, 4, 1, 3, 5).reshape(n * factor ** 2, c, h, w)
     return F.interpolate(tiles, size=(height, width), mode="bilinear", align_corners=False)
 
@@ -104,9 +109,7 @@ def mosaic(tiles: torch.Tensor, factor: int) -> torch.Tensor:
     if factor == 1:
         return tiles
     total, c, height, width = tiles.shape
-    if height % factor or width % factor:
-        raise DMError(f"factor {factor} does not divide the {height}x{width} images: use a factor that does")
-    h, w = height // factor, width // factor
+    h, w = tile_size(height, width, factor)
     small = F.interpolate(tiles, size=(h, w), mode="area")
     n = total // factor ** 2
     return small.reshape(n, factor, factor, c, h, w).permute(0, 3, 1, 4, 2, 5).reshape(n, c, height, width)
