@@ -52,7 +52,7 @@ def main() -> None:
     cores = os.cpu_count() or 1
     data = ["--dataset", args.dataset] + (["--data-root", args.data_root] if args.data_root else [])
     condense = ["condense", *data, "--method", "dm", "--ipc", str(args.ipc), "--iterations", str(args.iterations),
-                "--batch-real", str(args.batch_real), "--model", args.model, "--device", args.device, "--quiet"]
+                "--batch-real", str(args.batch_real), "--model", args.model, "--device", args.device, "--no-progress"]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(args.nproc), "--master-addr",
                 "127.0.0.1", "--master-port", "29541", "-m", "dm_core"]
     single = [sys.executable, "-m", "dm_core"]
@@ -68,7 +68,7 @@ def main() -> None:
             times["condense 1"].append(t1)
             times[f"condense {args.nproc}"].append(tn)
             evaluate = ["evaluate", "one.pt", "--epochs", str(args.epochs), "--models", str(args.models), "--model",
-                        args.model, "--device", args.device, "--quiet"]
+                        args.model, "--device", args.device, "--no-progress"]
             e1, r1 = run(single + evaluate, threads_one, cwd)
             en, rn = run(torchrun + evaluate, threads_many, cwd)
             times["evaluate 1"].append(e1)

@@ -24,7 +24,7 @@ METHODS = ("random", "herding", "dsa", "dm")
 
 
 def cli(args: list[str]) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "dm_core", *args, "--quiet"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "dm_core", *args, "--no-progress"], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"failed: python -m dm_core {' '.join(args)}\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

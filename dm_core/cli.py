@@ -1,133 +1,69 @@
-"""``python -m dm_core condense|evaluate ...``: argparse -> a frozen request -> one library call -> one JSON line.
-
-Progress goes to stderr; the last stdout line is a JSON object with the figures. Any DMError becomes
-``error: <message>`` on stderr and exit status 2, and no output file is touched.
-"""
+"""``python -m dm_core`` (console script ``dm-core``): make a small set, evaluate one, list methods and networks."""
 from __future__ import annotations
 
 import argparse
-import ast
-import json
 import os
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+from . import shell
+from .augment import GROUP_MODES
 from .data import DATASETS, load_dataset
 from .device import resolve_device
-from .distributed import gather_objects, init_from_env, leave_group, local_device, rank_checkpoint, world
+from .distributed import gather_objects, init_from_env, local_device, rank_checkpoint, world
+from .engine import Interrupted, discard_checkpoint
 from .errors import DMError
 from .io import check_writable
-from .augment import GROUP_MODES
-from .condense import Interrupted
-from .compile import COMPILE_MODES
-from .methods import COMPILED_METHODS, CONDENSERS, METHODS, check_options, make_set
+from .nets import list_models
 from .precision import PRECISIONS
-from .signals import Terminated, sigterm_as_interrupt
+from .registry import get_method, list_methods, methods_supporting
+from .signals import Terminated
 from .synset import SyntheticSet
 from .train import TrainConfig, evaluate_set
 
-
-@dataclass(frozen=True)
-class CondenseRequest:
-    dataset: str
-    method: str
-    ipc: int
-    iterations: int | None
-    lr_img: float | None
-    batch_real: int | None
-    model: str | None
-    herding_epochs: int | None
-    class_chunk: int | None
-    precision: str
-    compile: str | None
-    options: tuple[tuple[str, object], ...]
-    seed: int
-    device: str
-    out: Path
-    data_root: str | None
-    checkpoint: Path | None
-    resume: bool
-    restart: bool
-    png: bool
-    progress: bool
+# Options that have a flag of their own (the rest go through --option KEY=VALUE).
+FLAGS = {"iterations": "--iterations", "lr_img": "--lr-img", "batch_real": "--batch-real", "model": "--model",
+         "class_chunk": "--class-chunk", "precision": "--precision", "compile": "--compile", "augment": "--augment"}
+OLD_FLAGS = ("--quiet", "--models", "--resume", "--herding-epochs")
 
 
-@dataclass(frozen=True)
-class EvaluateRequest:
-    file: Path
-    dataset: str | None
-    model: str
-    epochs: int
-    models: int
-    precision: str
-    augment_groups: str
-    compile: str
-    seed: int
-    device: str
-    data_root: str | None
-    progress: bool
-
-
-def condense_options(req: CondenseRequest) -> dict:
-    """The method's options from the flags, refusing flags that do not apply to the method."""
-    if req.method not in METHODS:
-        raise DMError(f"unknown method {req.method!r}: choose one of {', '.join(METHODS)}")
-    options = {"model": req.model}
-    if req.method in CONDENSERS:
-        options.update(iterations=req.iterations, lr_img=req.lr_img, batch_real=req.batch_real)
-    elif req.iterations is not None or req.lr_img is not None or req.batch_real is not None:
-        raise DMError(f"--iterations, --lr-img and --batch-real apply to {', '.join(CONDENSERS)}, not {req.method}")
-    if req.class_chunk is not None:
-        chunked = [m for m, config in CONDENSERS.items() if "class_chunk" in config.__dataclass_fields__]
-        if req.method not in chunked:
-            raise DMError(f"--class-chunk applies to {', '.join(chunked)}, not {req.method}")
-        options["class_chunk"] = req.class_chunk
-    if req.herding_epochs is not None:
-        if req.method != "herding":
-            raise DMError(f"--herding-epochs applies to herding, not {req.method}")
-        options["epochs"] = req.herding_epochs
-    if req.method == "random":
-        if req.model is not None:
-            raise DMError("--model applies to dm, dsa and herding, not random")
-        options = {}
-    if req.method != "random":
-        options["precision"] = req.precision
-    elif req.precision != "fp32":
-        raise DMError("--precision applies to dm, dsa and herding, not random")
-    if req.compile is not None:
-        if req.method not in COMPILED_METHODS:
-            raise DMError(f"--compile applies to {', '.join(COMPILED_METHODS)}, not {req.method}")
-        options["compile"] = req.compile
-    if req.method not in CONDENSERS and (req.checkpoint is not None or req.resume or req.restart):
-        raise DMError(f"--checkpoint, --resume and --restart apply to {', '.join(CONDENSERS)}; {req.method} keeps no "
-                      f"checkpoint")
-    if req.resume and req.restart:
-        raise DMError("--resume and --restart contradict each other: give one")
-    for key, value in req.options:
+def method_options(args: argparse.Namespace) -> dict:
+    """The method's options from the flags; a flag the method has no option for is refused."""
+    info = get_method(args.method)
+    options = {}
+    for name, flag in FLAGS.items():
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if not info.supports(name):
+            raise DMError(f"{flag} applies to {', '.join(methods_supporting(name))}, not {args.method}")
+        options[name] = value
+    for key, value in args.option:
         if key in ("ipc", "seed"):
             raise DMError(f"--option {key}= is not an option: use --{key}")
-        if key in options and options[key] is not None:
-            raise DMError(f"--option {key}= repeats a value a flag already sets: give it once")
+        if key in options:
+            raise DMError(f"--option {key}= repeats a value {FLAGS[key]} already sets: give it once")
         options[key] = value
-    check_options(req.method, req.ipc, req.seed, **options)
+    if not info.learns and (args.checkpoint is not None or args.restart):
+        raise DMError(f"--checkpoint and --restart apply to {', '.join(list_methods(learns=True))}; {args.method} "
+                      f"selects real images and keeps no checkpoint")
+    info.configure(args.ipc, args.seed, **options)  # every value checked before any work
     return options
 
 
-def output_paths(req: CondenseRequest) -> tuple[Path | None, Path | None]:
-    """(checkpoint, png) beside ``--out``, all checked before any work: no path may stand for another, and each must
-    be writable, so nothing is lost or found unwritable after a long run."""
-    out = req.out
+def output_paths(args: argparse.Namespace) -> tuple[Path, Path | None, Path | None]:
+    """(set, checkpoint, picture), checked before any work: no path may stand for another, and each must be
+    writable, so nothing is lost or found unwritable after a long run."""
+    out = args.out or Path(f"{args.dataset.replace(':', '_').replace('/', '_')}_{args.method}_ipc{args.ipc}.pt")
     if out.suffix == ".ckpt":
         raise DMError(f"--out {out}: .ckpt names are for checkpoints; give the set a .pt name")
     checkpoint = None
-    if req.method in CONDENSERS:
-        checkpoint = req.checkpoint or out.with_suffix(".ckpt")
+    if get_method(args.method).learns:
+        checkpoint = args.checkpoint or out.with_suffix(".ckpt")
         if _same_path(checkpoint, out):
             raise DMError(f"--checkpoint {checkpoint} is the --out file: give the checkpoint another name")
         check_writable(checkpoint, "checkpoint")
-    png = out.with_suffix(".png") if req.png else None
+    png = out.with_suffix(".png") if args.png else None
     if png is not None and _same_path(png, out):
         raise DMError(f"--png would write the picture over the set {out}: give --out a .pt name")
     if png is not None and checkpoint is not None and _same_path(png, checkpoint):
@@ -135,211 +71,156 @@ def output_paths(req: CondenseRequest) -> tuple[Path | None, Path | None]:
     check_writable(out, "--out")
     if png is not None:
         check_writable(png, "picture")
-    return checkpoint, png
+    return out, checkpoint, png
 
 
 def _same_path(a: Path, b: Path) -> bool:
     return Path(os.path.abspath(a)) == Path(os.path.abspath(b))
 
 
-def condense(req: CondenseRequest) -> dict | None:
+def condense(args: argparse.Namespace) -> dict | None:
     """Make the set; under torchrun rank 0 writes it and the others return None."""
-    options = condense_options(req)
-    checkpoint, png = output_paths(req)
-    device = local_device(resolve_device(req.device))
+    started = time.perf_counter()
+    options = method_options(args)
+    out, checkpoint, png = output_paths(args)
+    device = local_device(resolve_device(args.device))
     w = init_from_env(device)
-    data = load_dataset(req.dataset, req.data_root)
-    synset = make_set(req.method, data, req.ipc, seed=req.seed, device=device, progress=req.progress,
-                      checkpoint=checkpoint, resume=not req.restart, **options)
+    data = load_dataset(args.dataset, args.data_root)
+    info = get_method(args.method)
+    state = {"checkpoint": checkpoint, "resume": not args.restart} if info.learns else {}
+    from .methods import make_set
+
+    synset = make_set(args.method, data, args.ipc, seed=args.seed, device=device, progress=args.progress, **state,
+                      **options)
     figures = None
     if w.is_main:
-        synset.save(req.out)
-        figures = {"file": str(req.out), "dataset": data.name, "method": req.method, "ipc": req.ipc,
+        synset.save(out, png)  # the set and its picture, both or neither
+        figures = {"file": str(out), "dataset": data.name, "method": args.method, "ipc": args.ipc,
                    "images": len(synset), "precision": synset.meta.get("precision"),
-                   "seconds": synset.meta.get("seconds"), **({"world_size": w.size} if w.sharded else {})}
-        if png is not None:
-            figures["png"] = str(synset.save_grid_png(png))
+                   "seconds": synset.meta.get("seconds"), **({"png": str(png)} if png else {}),
+                   **({"world_size": w.size} if w.sharded else {})}
         if synset.meta.get("loss_history"):
             figures["final_loss"] = synset.meta["loss_history"][-1][1]
+        figures["wall_seconds"] = round(time.perf_counter() - started, 3)
     gather_objects(None)  # every rank waits until the set is written before its checkpoint goes
-    mine = rank_checkpoint(checkpoint, w)
-    if mine is not None and mine.exists() and not _same_path(mine, req.out):
-        mine.unlink()  # the finished set supersedes its checkpoint
+    if checkpoint is not None and not _same_path(rank_checkpoint(checkpoint, w), out):
+        discard_checkpoint(checkpoint)  # the finished set supersedes its checkpoint
     return figures
 
 
-def evaluate(req: EvaluateRequest) -> dict:
-    synset = SyntheticSet.load(req.file)
-    dataset = req.dataset or synset.meta.get("dataset")
+def evaluate(args: argparse.Namespace) -> dict | None:
+    started = time.perf_counter()
+    synset = SyntheticSet.load(args.file)
+    recorded = synset.meta.get("dataset")
+    dataset = args.dataset or recorded
     if not dataset:
-        raise DMError(f"{req.file} does not say which dataset it was made from: pass --dataset")
-    device = local_device(resolve_device(req.device))
+        raise DMError(f"{args.file} does not say which dataset it was made from: give --dataset")
+    config = TrainConfig(epochs=args.epochs, precision=args.precision, augment_groups=args.augment_groups,
+                         compile=args.compile)
+    device = local_device(resolve_device(args.device))
     w = init_from_env(device)
-    data = load_dataset(dataset, req.data_root)
-    config = TrainConfig(epochs=req.epochs, precision=req.precision, augment_groups=req.augment_groups,
-                         compile=req.compile)
-    result = evaluate_set(synset, data, req.model, req.models, config, req.seed, device, req.progress)
-    return {"file": str(req.file), "dataset": data.name, "method": synset.meta.get("method"),
-            "ipc": synset.meta.get("ipc"), "model": req.model, "epochs": req.epochs, "models": req.models,
-            "precision": req.precision, "augment_groups": req.augment_groups, "compile": req.compile,
-            "mean": round(result.mean, 3), "std": round(result.std, 3),
-            "accuracies": [round(a, 3) for a in result.accuracies], "seconds": round(result.seconds, 3),
-            **({"world_size": w.size} if w.sharded else {})} if w.is_main else None
+    data = load_dataset(dataset, args.data_root)
+    if recorded and data.name != recorded:
+        raise DMError(f"{args.file} was made from {recorded}, not {data.name}: evaluate it on {recorded} (drop "
+                      f"--dataset), or make a set from {data.name}")
+    result = evaluate_set(synset, data, args.model, args.repeats, config, args.seed, device, args.progress)
+    if not w.is_main:
+        return None
+    return {"file": str(args.file), "dataset": data.name, "method": synset.meta.get("method"),
+            "ipc": synset.meta.get("ipc"), "model": args.model, "epochs": args.epochs, "repeats": args.repeats,
+            "precision": args.precision, "augment_groups": args.augment_groups, "compile": args.compile,
+            **result.as_dict(), "wall_seconds": round(time.perf_counter() - started, 3),
+            **({"world_size": w.size} if w.sharded else {})}
 
 
-def _option(text: str) -> tuple[str, object]:
-    """KEY=VALUE, VALUE read as a Python literal when it is one (64, 0.5, None, 'x'), else kept as text."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip() or not key.strip().isidentifier():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. checkpoint_every=100), got {text!r}")
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw
-    return key.strip(), value
+def describe_methods(args: argparse.Namespace) -> dict:
+    return {"methods": [{"name": name, "summary": get_method(name).summary, "learns": get_method(name).learns,
+                         "options": {k: v for k, v in get_method(name).defaults().items()}}
+                        for name in list_methods()]}
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
+def describe_models(args: argparse.Namespace) -> dict:
+    return {"models": list_models()}
+
+
+def kept(args: argparse.Namespace, exc: BaseException) -> str:
+    """What a stopped command leaves behind, and how to go on."""
+    if args.command != "condense" or not get_method(args.method).learns:
+        return "nothing was saved: rerun the command to start again"
+    out = args.out or Path(f"{args.dataset.replace(':', '_').replace('/', '_')}_{args.method}_ipc{args.ipc}.pt")
+    checkpoint = rank_checkpoint(args.checkpoint or out.with_suffix(".ckpt"), world())
+    if isinstance(exc, Interrupted) and exc.checkpoint is not None:
+        return (f"at iteration {exc.iteration} of {exc.iterations}; the checkpoint {exc.checkpoint} holds the run: "
+                f"rerun the same command to continue")
+    if world().sharded:
+        pattern = checkpoint.with_name(checkpoint.name.replace(f".rank{world().rank}-of-", ".rank*-of-"))
+        why = "torchrun stops every process when one of them fails; " if isinstance(exc, Terminated) else ""
+        return f"{why}no set was written; the per-rank checkpoints {pattern} hold the run: rerun the same command"
+    if checkpoint.is_file():
+        return f"no set was written; the last checkpoint {checkpoint} holds the run: rerun the same command to continue"
+    return "nothing was saved: rerun the command to start again"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dm_core", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    p = shell.parser("python -m dm_core", "Condense a dataset into a few images per class, evaluate such a set by "
+                     "training networks from scratch on it, or list the methods and networks.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    methods = ", ".join(list_methods())
 
-    c = sub.add_parser("condense", help="make a small set (any of --method's) and save it as a .pt file")
+    c = sub.add_parser("condense", help="make a small set with any method and save it as a .pt file",
+                       description="Make a set of IPC images per class with METHOD and save it (images, labels and "
+                                   "provenance) as a .pt file. Rerunning an interrupted command continues it.",
+                       formatter_class=shell.HelpFormatter)
     c.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
-    c.add_argument("--method", required=True, help=f"one of {', '.join(METHODS)}")
-    c.add_argument("--ipc", type=_positive, required=True, help="images per class")
-    c.add_argument("--iterations", type=_positive, help="DM and its successors: 20000, DSA: 1000 by default")
-    c.add_argument("--lr-img", type=float,
-                   help="image learning rate (DM, M3D, DataDAM, DDM: 1, or 10 from 100 ipc; IDM: 0.2; DSA: 0.1)")
-    c.add_argument("--batch-real", type=_positive, help="real images per class per iteration (256; DataDAM: 64)")
-    c.add_argument("--model", help="network name, e.g. convnet, convnetbn, convnet-d4 (default convnet)")
-    c.add_argument("--class-chunk", type=_positive,
-                   help="dm and its successors: classes per forward pass (default: all; halved when memory runs out)")
-    c.add_argument("--herding-epochs", type=_positive, help="herding: epochs of the feature network (default 30)")
-    c.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="fp32 (the reference's) or bf16 autocast (faster on recent hardware; not the reported default)")
-    c.add_argument("--compile", choices=COMPILE_MODES,
-                   help="dm and herding: torch.compile the network (auto: where it pays, the default; on; off)")
-    c.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
-                   help="any field of the method's configuration, e.g. init=noise, checkpoint_every=100, "
-                        "outer_loop=5 (repeatable)")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    c.add_argument("--out", type=Path, help="output file (default: <dataset>_<method>_ipc<K>.pt)")
-    c.add_argument("--data-root", help="folder holding the datasets (else $DM_DATA_ROOT, else ./data)")
-    c.add_argument("--checkpoint", type=Path, help="checkpoint of a condensation (default: the output path with .ckpt)")
-    c.add_argument("--resume", action="store_true",
-                   help="continue from the checkpoint (the default whenever a matching checkpoint exists)")
+    c.add_argument("--data-root", help="folder of the datasets (default: $DM_DATA_ROOT, else ./data)")
+    c.add_argument("--method", required=True, help=f"one of {methods}")
+    c.add_argument("--ipc", type=shell.positive_int, required=True, help="images per class")
+    c.add_argument("--iterations", type=shell.positive_int,
+                   help="optimisation iterations (methods that learn images; default: the method's)")
+    c.add_argument("--lr-img", type=float, help="learning rate of the images (default: the method's)")
+    c.add_argument("--batch-real", type=shell.positive_int, help="real images per class per iteration")
+    c.add_argument("--model", help="the network: a name from 'python -m dm_core models' (default: convnet)")
+    c.add_argument("--class-chunk", type=shell.positive_int,
+                   help="classes per forward pass, to bound memory (default: as many as fit)")
+    c.add_argument("--augment", metavar="STRATEGY",
+                   help="augmentation ops joined by '_' (e.g. color_crop_cutout_scale_rotate) or none (default: the "
+                        "dataset's)")
+    c.add_argument("--precision", choices=PRECISIONS, help="fp32 (the reference's, the default) or bf16 autocast")
+    c.add_argument("--compile", choices=("auto", "on", "off"),
+                   help="torch.compile the network: auto (only where the work ahead pays for it), on, off")
+    c.add_argument("--option", type=shell.option, action="append", default=[], metavar="KEY=VALUE",
+                   help="any other option of the method (see 'python -m dm_core methods'), e.g. init=noise, "
+                        "checkpoint_every=100; repeatable")
+    c.add_argument("--out", type=Path, help="the set file (default: DATASET_METHOD_ipcIPC.pt)")
+    c.add_argument("--checkpoint", type=Path, help="checkpoint file of the run (default: --out with .ckpt)")
     c.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")
-    c.add_argument("--png", action="store_true", help="also write an image grid PNG beside the output")
-    c.add_argument("--quiet", action="store_true", help="no progress bar")
+    c.add_argument("--png", action="store_true", help="also write a picture of the set beside --out")
+    shell.add_common(c, seed_help="seed of every random draw")
 
-    e = sub.add_parser("evaluate", help="train fresh networks on a set file and test them on the real test set")
-    e.add_argument("file", type=Path)
-    e.add_argument("--dataset", help="dataset to test on (default: the one recorded in the file)")
-    e.add_argument("--model", default="convnet")
-    e.add_argument("--epochs", type=_positive, default=1000)
-    e.add_argument("--models", type=_positive, default=5, help="networks to train (paper: 20)")
-    e.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 (reference) or bf16 autocast")
+    e = sub.add_parser("evaluate", help="train fresh networks on a set file and test them on the real test set",
+                       description="Train REPEATS networks from scratch on the set in FILE (each from its own seed) "
+                                   "and test them on the real test images; prints their accuracies in percent.",
+                       formatter_class=shell.HelpFormatter)
+    e.add_argument("file", type=Path, metavar="FILE", help="a set file written by condense")
+    e.add_argument("--dataset", help="the dataset to test on (default: the one the set was made from)")
+    e.add_argument("--data-root", help="folder of the datasets (default: $DM_DATA_ROOT, else ./data)")
+    e.add_argument("--model", default="convnet", help="the network to train")
+    e.add_argument("--epochs", type=shell.positive_int, default=1000)
+    e.add_argument("--repeats", type=shell.positive_int, default=5, help="networks to train (the paper: 20)")
+    e.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 (the reference's) or bf16 autocast")
     e.add_argument("--augment-groups", choices=GROUP_MODES, default="batch",
-                   help="training augmentation: one op group per mini-batch (reference) or one per sample")
-    e.add_argument("--compile", choices=COMPILE_MODES, default="auto",
-                   help="torch.compile the training (auto: where the epochs pay for the compile time; on; off)")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--device", default="auto")
-    e.add_argument("--data-root")
-    e.add_argument("--quiet", action="store_true")
-    return parser
+                   help="training augmentation: one op group per mini-batch (the reference's) or one per image")
+    shell.add_common(e, seed_help="seed of the first network (network i uses seed + i)", compile=True)
+
+    m = sub.add_parser("methods", help="list the methods and their options (JSON)")
+    m.set_defaults(progress=False)
+    n = sub.add_parser("models", help="list the network names (JSON)")
+    n.set_defaults(progress=False)
+    return p
 
 
-def condense_request(args: argparse.Namespace) -> CondenseRequest:
-    out = args.out or Path(f"{args.dataset.replace(':', '_').replace('/', '_')}_{args.method}_ipc{args.ipc}.pt")
-    return CondenseRequest(args.dataset, args.method, args.ipc, args.iterations, args.lr_img, args.batch_real,
-                           args.model, args.herding_epochs, args.class_chunk, args.precision, args.compile,
-                           tuple(args.option),
-                           args.seed, args.device,
-                           out, args.data_root, args.checkpoint, args.resume, args.restart, args.png,
-                           not args.quiet)
-
-
-def interrupted_message(req) -> str:
-    """What a hard stop (a second Ctrl-C, or one before the loop) leaves behind."""
-    if isinstance(req, CondenseRequest) and req.method in CONDENSERS:
-        checkpoint = req.checkpoint or req.out.with_suffix(".ckpt")
-        if checkpoint.is_file():
-            return f"interrupted; the last checkpoint {checkpoint} holds the run: rerun the same command to continue"
-    return "interrupted; nothing was saved: rerun the command to start again"
-
-
-def terminated_message(req, w) -> str:
-    """What a SIGTERM leaves behind: the last periodic checkpoint(s), never a set file."""
-    if isinstance(req, CondenseRequest) and req.method in CONDENSERS:
-        checkpoint = rank_checkpoint(req.checkpoint or req.out.with_suffix(".ckpt"), w)
-        held = None
-        if w.sharded:
-            pattern = checkpoint.with_name(checkpoint.name.replace(f".rank{w.rank}-of-", ".rank*-of-"))
-            held = f"the per-rank checkpoints {pattern} hold"
-        elif checkpoint.is_file():
-            held = f"the last checkpoint {checkpoint} holds"
-        if held is not None:
-            return f"no set was written; {held} the run: rerun the same command to continue"
-    return "nothing was written: rerun the command to start again"
-
-
-def _fresh_line(args: argparse.Namespace) -> str:
-    """A progress bar leaves the cursor at the end of its line: start the last message on a line of its own."""
-    return "" if args.quiet else "\n"
+COMMANDS = {"condense": condense, "evaluate": evaluate, "methods": describe_methods, "models": describe_models}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    with sigterm_as_interrupt():
-        status = run(args)
-    leave_group(graceful=status == 0)
-    return status
-
-
-def run(args: argparse.Namespace) -> int:
-    """The command, its one JSON line or its one error line; the exit status."""
-    started = time.perf_counter()
-    req = None
-    try:
-        if args.command == "condense":
-            req = condense_request(args)
-            figures = condense(req)
-        else:
-            req = EvaluateRequest(args.file, args.dataset, args.model, args.epochs, args.models, args.precision,
-                                  args.augment_groups, args.compile, args.seed, args.device, args.data_root, not args.quiet)
-            figures = evaluate(req)
-    except DMError as exc:
-        if world().is_main:  # under torchrun, one line from rank 0 (the other ranks meet the same error)
-            print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except Interrupted as stop:
-        where = (f"checkpoint saved to {stop.checkpoint}: rerun the same command to continue" if stop.checkpoint
-                 else "nothing was saved: rerun the command to start again")
-        print(f"{_fresh_line(args)}interrupted at iteration {stop.iteration} of {stop.iterations}; {where}",
-              file=sys.stderr)
-        return 130
-    except Terminated:
-        w = world()
-        if w.is_main:
-            why = ("torchrun stops every process when one of them fails; see its report below" if w.sharded
-                   else "the job was cancelled")
-            print(f"{_fresh_line(args)}error: stopped by SIGTERM ({why}); {terminated_message(req, w)}",
-                  file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
-        print(f"{_fresh_line(args)}{interrupted_message(req)}", file=sys.stderr)
-        return 130
-    if figures is None:  # a rank other than 0: rank 0 reports
-        return 0
-    figures["wall_seconds"] = round(time.perf_counter() - started, 3)
-    print(json.dumps(figures))
-    return 0
+    return shell.run_command(build_parser(), lambda args: COMMANDS[args.command](args), kept, argv, OLD_FLAGS)

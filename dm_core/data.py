@@ -78,6 +78,24 @@ class ImageDataset:
                               f"in {self.name}: use ipc <= {int(counts[c])}")
 
 
+def resolve_classes(data: ImageDataset, classes: Sequence[int] | None, ipc: int) -> list[int]:
+    """``classes`` as a list of distinct class ids of ``data`` (all by default), each holding at least ``ipc``
+    training images."""
+    classes = list(range(data.num_classes)) if classes is None else [int(c) for c in classes]
+    if not classes:
+        raise DMError("no classes given: give at least one class")
+    if len(set(classes)) != len(classes):
+        raise DMError(f"classes repeat in {classes}")
+    data.check_ipc(ipc, classes)
+    return classes
+
+
+def class_store(data: ImageDataset, classes: list[int], device: torch.device) -> "ClassStore":
+    """A ``ClassStore`` of only these classes' training images (a continual step condenses its new classes only)."""
+    keep = torch.isin(data.y_train, torch.as_tensor(classes))
+    return ClassStore(data.x_train[keep], data.y_train[keep], data.num_classes, device)
+
+
 def data_root(root: str | os.PathLike | None = None) -> Path:
     """The data root: the argument, else $DM_DATA_ROOT, else ./data."""
     return Path(root or os.environ.get(DATA_ROOT_ENV) or "data").expanduser()

@@ -41,6 +41,41 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def atomic_write_files(files: dict) -> list[Path]:
+    """Write several files all or none: each to a temp file beside it first, then every temp file renamed over its
+    path. A failure while writing (a full disk, a folder that refuses) removes the temp files and leaves every path
+    as it was."""
+    temps: list[tuple[str, Path]] = []
+    try:
+        for path, data in files.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+            temps.append((tmp, path))
+            os.chmod(tmp, 0o666 & ~_umask())
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+    except BaseException as exc:
+        for tmp, _ in temps:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            where = temps[-1][1] if temps else next(iter(files), "?")
+            raise DMError(f"cannot write {where} ({exc.strerror or type(exc).__name__}): nothing was written; free "
+                          f"some space or choose another path") from None
+        raise
+    for tmp, path in temps:
+        os.replace(tmp, path)
+    return [path for _, path in temps]
+
+
+def torch_bytes(obj) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
 def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
     """Refuse, before any work, a ``path`` that could not be written at the end: a folder, or a place where no file
     can be created. Probes with a temp file that it removes at once; creates no folder."""
@@ -66,8 +101,13 @@ def file_lock(lock_path: str | os.PathLike):
     """An exclusive ``flock`` on ``lock_path`` (created, with its folder, if needed) for the duration of the block:
     read-modify-write of a file that several processes share (the file itself is then replaced atomically)."""
     lock_path = Path(lock_path)
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as lock:
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(lock_path, "a")
+    except OSError as exc:
+        raise DMError(f"cannot lock {lock_path} ({exc.strerror or type(exc).__name__}): the folder must be "
+                      f"writable") from None
+    with lock:
         if fcntl is not None:
             fcntl.flock(lock, fcntl.LOCK_EX)
         yield  # the lock goes when the file closes, also on an exception
@@ -99,6 +139,4 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
 
 
 def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return atomic_write_bytes(path, buffer.getvalue())
+    return atomic_write_bytes(path, torch_bytes(obj))

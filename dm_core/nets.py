@@ -217,53 +217,99 @@ class ResNet18(FeatureClassifier):
         self.classifier = nn.Linear(512, num_classes)
 
 
-_OTHER_MODELS: dict[str, Callable[..., nn.Module]] = {
-    "alexnet": lambda c, n, s: AlexNet(c, n, s, norm="none"),
-    "alexnetbn": lambda c, n, s: AlexNet(c, n, s, norm="batchnorm"),
-    "vgg11": lambda c, n, s: VGG11(c, n, s, norm="instancenorm"),
-    "vgg11bn": lambda c, n, s: VGG11(c, n, s, norm="batchnorm"),
-    "resnet18": lambda c, n, s: ResNet18(c, n, s, norm="instancenorm"),
-    "resnet18bn": lambda c, n, s: ResNet18(c, n, s, norm="batchnorm"),
-    "resnet18ap": lambda c, n, s: ResNet18(c, n, s, norm="instancenorm", avg_pool_down=True),
-    "resnet18bnap": lambda c, n, s: ResNet18(c, n, s, norm="batchnorm", avg_pool_down=True),
-}
-MODEL_NAMES = ("convnet", "convnetbn", "convnet-d<depth>-w<width>-<act>-<norm>-<pool>", *_OTHER_MODELS)
+@dataclass(frozen=True)
+class ModelEntry:
+    """A registered network: ``build(channels, num_classes, image_size)`` makes a fresh one."""
+
+    name: str
+    build: Callable[[int, int, tuple[int, int]], nn.Module]
+    summary: str
+    min_size: int = 1  # the smallest image side it takes
+
+
+_MODELS: dict[str, ModelEntry] = {}
+CONVNET_PATTERN = "convnet-d<depth>-w<width>-<act>-<norm>-<pool>"
+
+
+def register_model(name: str, build: Callable[[int, int, tuple[int, int]], nn.Module], summary: str = "",
+                   min_size: int = 1) -> ModelEntry:
+    """Add a network under ``name`` (lower case); ``build(channels, num_classes, image_size)`` returns a fresh
+    ``nn.Module`` with ``embed(x)`` (the input of its classifier) and ``forward(x)`` (the logits)."""
+    if name != name.lower() or name in _MODELS or name.startswith("convnet-"):
+        raise ValueError(f"model name {name!r}: use a new lower-case name (convnet-* names are the ConvNet family's)")
+    entry = ModelEntry(name, build, summary, min_size)
+    _MODELS[name] = entry
+    return entry
+
+
+def list_models() -> list[str]:
+    """Every network name: the registered ones, and the pattern of the ConvNet family's names."""
+    return [*_MODELS, CONVNET_PATTERN]
+
+
+def _convnet(**fields) -> Callable[[int, int, tuple[int, int]], nn.Module]:
+    return lambda c, n, s: ConvNet(ConvNetSpec(**fields), c, n, s)
+
+
+register_model("convnet", _convnet(), "the paper's ConvNet: depth 3, width 128, ReLU, instance norm, average pooling")
+register_model("convnetbn", _convnet(norm="batchnorm"), "the ConvNet with batch norm")
+register_model("alexnet", lambda c, n, s: AlexNet(c, n, s, norm="none"), "AlexNet of the DC papers", 28)
+register_model("alexnetbn", lambda c, n, s: AlexNet(c, n, s, norm="batchnorm"), "AlexNet with batch norm", 28)
+register_model("vgg11", lambda c, n, s: VGG11(c, n, s, norm="instancenorm"), "VGG-11, instance norm", 28)
+register_model("vgg11bn", lambda c, n, s: VGG11(c, n, s, norm="batchnorm"), "VGG-11, batch norm", 28)
+register_model("resnet18", lambda c, n, s: ResNet18(c, n, s, norm="instancenorm"), "ResNet-18, instance norm")
+register_model("resnet18bn", lambda c, n, s: ResNet18(c, n, s, norm="batchnorm"), "ResNet-18, batch norm")
+register_model("resnet18ap", lambda c, n, s: ResNet18(c, n, s, norm="instancenorm", avg_pool_down=True),
+               "ResNet-18 with average-pooling downsampling")
+register_model("resnet18bnap", lambda c, n, s: ResNet18(c, n, s, norm="batchnorm", avg_pool_down=True),
+               "the ResNet DM learns with (ResNet18BN_AP)")
+
+
+def _entry(model) -> ModelEntry | ConvNetSpec:
+    """The registry entry or ConvNet spec a name (or spec, or tuple) stands for; DMError when there is none."""
+    if isinstance(model, tuple):
+        return ConvNetSpec(*model)
+    if isinstance(model, ConvNetSpec):
+        return model
+    key = str(model).lower()
+    if key in _MODELS:
+        return _MODELS[key]
+    if key.startswith("convnet"):
+        return ConvNetSpec.parse(key)
+    raise DMError(f"unknown model {model!r}: choose one of {', '.join(list_models())}")
 
 
 def build_model(model: str | ConvNetSpec | tuple, channels: int, num_classes: int,
                 image_size: tuple[int, int]) -> nn.Module:
-    """The one factory: a ConvNetSpec, a (depth, width, act, norm, pool) tuple, a ConvNet name, or one of the
-    cross-architecture names."""
+    """The one factory: a registered name, a ConvNet name (``convnet-d4``, ``convnet-w64-sigmoid-maxpool``, a full
+    ``ConvNetSpec.name``), a ``ConvNetSpec`` or a (depth, width, act, norm, pool) tuple."""
     image_size = tuple(image_size)
-    if isinstance(model, tuple):
-        model = ConvNetSpec(*model)
-    if isinstance(model, ConvNetSpec):
-        return ConvNet(model, channels, num_classes, image_size)
-    key = str(model).lower()
-    if key in _OTHER_MODELS:
-        if image_size[0] < 28 and key.startswith(("alexnet", "vgg")):
-            raise DMError(f"{key} needs images of at least 28x28, got {image_size[0]}x{image_size[1]}: use a ConvNet")
-        return _OTHER_MODELS[key](channels, num_classes, image_size)
-    if key.startswith("convnet"):
-        return ConvNet(ConvNetSpec.parse(key), channels, num_classes, image_size)
-    raise DMError(f"unknown model {model!r}: choose one of {', '.join(MODEL_NAMES)}")
+    entry = _entry(model)
+    if isinstance(entry, ConvNetSpec):
+        return ConvNet(entry, channels, num_classes, image_size)
+    if min(image_size) < entry.min_size:
+        raise DMError(f"{entry.name} needs images of at least {entry.min_size}x{entry.min_size}, got "
+                      f"{image_size[0]}x{image_size[1]}: use a ConvNet")
+    return entry.build(channels, num_classes, image_size)
 
 
 def check_model_name(model) -> None:
-    """Fail early (no data needed) on a model name ``build_model`` cannot read."""
-    if isinstance(model, (ConvNetSpec, tuple)):
-        return
-    key = str(model).lower()
-    if key in _OTHER_MODELS:
-        return
-    if key.startswith("convnet"):
-        ConvNetSpec.parse(key)
-        return
-    raise DMError(f"unknown model {model!r}: choose one of {', '.join(MODEL_NAMES)}")
+    """Fail early (no data needed) on a model ``build_model`` cannot read."""
+    _entry(model)
 
 
 def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def _uniform_(tensor: torch.Tensor, bound: float, generator: torch.Generator) -> None:
+    """U(-bound, bound) in the tensor's logical order, whatever its memory format (``uniform_`` fills memory order,
+    so a channels_last weight would get the same numbers in other places): one seed, one network, on every path."""
+    if tensor.is_contiguous():
+        tensor.uniform_(-bound, bound, generator=generator)
+    else:
+        tensor.copy_(torch.empty(tensor.shape, dtype=tensor.dtype, device=tensor.device).uniform_(
+            -bound, bound, generator=generator))
 
 
 @torch.no_grad()
@@ -272,15 +318,15 @@ def reinit_(model: nn.Module, generator: torch.Generator) -> nn.Module:
 
     Conv and linear layers get U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases, which is what
     kaiming_uniform_(a=sqrt(5)) amounts to; norms get weight 1, bias 0 and fresh running statistics. In place, so a
-    DM iteration costs no allocation and no module construction.
+    DM iteration costs no module construction. The numbers do not depend on the memory format.
     """
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
             fan_in = module.weight[0].numel()
             bound = 1.0 / math.sqrt(fan_in)
-            module.weight.uniform_(-bound, bound, generator=generator)
+            _uniform_(module.weight, bound, generator)
             if module.bias is not None:
-                module.bias.uniform_(-bound, bound, generator=generator)
+                _uniform_(module.bias, bound, generator)
         elif isinstance(module, (nn.GroupNorm, nn.LayerNorm, nn.modules.batchnorm._BatchNorm)):
             if module.weight is not None:
                 module.weight.fill_(1.0)

@@ -1,26 +1,69 @@
-"""Coreset baselines (PROTOCOL.md section 5): class-balanced random selection and herding."""
+"""Coreset baselines (docs/method.md section 5): class-balanced random selection and herding.
+
+Both pick real images, so they take no checkpoint; under torch.distributed every process computes the same set.
+"""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
-from .condense import class_store, finish_set, resolve_classes
-from .data import ImageDataset
+from .compile import check_compile
+from .data import ImageDataset, class_store, resolve_classes
 from .device import make_generator, resolve_device
-from .precision import precision_scope
-from .synset import SyntheticSet
+from .precision import check_precision, precision_scope
+from .registry import Method, register_method
+from .synset import SyntheticSet, made_set
 from .train import TrainConfig, fresh_model, train_model
+from .validate import check_int
 
 
-def select_random(data: ImageDataset, ipc: int, classes: Sequence[int] | None = None, seed: int = 0) -> SyntheticSet:
-    """``ipc`` distinct real images per class, drawn from ``seed``."""
+@dataclass(frozen=True)
+class RandomConfig:
+    """Random selection has no option: ``ipc`` distinct real images per class, drawn from ``seed``."""
+
+    ipc: int = 10
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class HerdingConfig:
+    """Herding's feature network, the toolkit's own recipe (the paper gives none, docs/method.md section 5): a
+    ``model`` trained from ``seed`` for ``epochs`` epochs (batch ``batch_size``, the evaluation recipe's optimiser,
+    with augmentation) on the images of the classes being selected."""
+
+    ipc: int = 10
+    seed: int = 0
+    model: str = "convnet"
+    epochs: int = 30
+    batch_size: int = 256
+    precision: str = "fp32"
+    compile: str = "auto"
+
+    def __post_init__(self):
+        check_int("epochs", self.epochs)
+        check_int("batch_size", self.batch_size)
+        check_precision(self.precision)
+        check_compile(self.compile)
+
+
+HERDING_RECIPE = ("the toolkit's choice (the paper gives none): features of a {model} trained {epochs} epochs "
+                  "from the selection's seed on the selected classes' images")
+
+
+def select_random(data: ImageDataset, config: RandomConfig = RandomConfig(),
+                  classes: Sequence[int] | None = None, device: str | torch.device = "auto",
+                  progress: bool = False) -> SyntheticSet:
+    """``config.ipc`` distinct real images per class of ``classes`` (all by default), drawn from ``config.seed``
+    (on the CPU, whatever ``device``: the same images everywhere)."""
     started = time.perf_counter()
-    classes = resolve_classes(data, classes, ipc)
+    classes = resolve_classes(data, classes, config.ipc)
     store = class_store(data, classes, torch.device("cpu"))
-    images = store.sample(classes, ipc, make_generator(seed, torch.device("cpu")))
-    return finish_set(data, images, classes, "random", started, ipc=ipc, seed=seed, precision="fp32")
+    images = store.sample(classes, config.ipc, make_generator(config.seed, torch.device("cpu")))
+    return made_set(data, images, classes, "random", [time.perf_counter() - started], ipc=config.ipc,
+                    seed=config.seed, precision="fp32")
 
 
 def herding_order(features: torch.Tensor, count: int) -> torch.Tensor:
@@ -43,24 +86,33 @@ def herding_order(features: torch.Tensor, count: int) -> torch.Tensor:
     return torch.as_tensor(order, dtype=torch.long)
 
 
-def select_herding(data: ImageDataset, ipc: int, classes: Sequence[int] | None = None, seed: int = 0,
-                   device: str | torch.device = "auto", model: str = "convnet", epochs: int = 30,
-                   batch_size: int = 256, progress: bool = False, precision: str = "fp32",
-                   compile: str = "auto") -> SyntheticSet:
-    """Herding on the features of a ConvNet trained (from ``seed``) on the given classes' images only."""
+def select_herding(data: ImageDataset, config: HerdingConfig = HerdingConfig(),
+                   classes: Sequence[int] | None = None, device: str | torch.device = "auto",
+                   progress: bool = False) -> SyntheticSet:
+    """Herding on the features of a network trained on the given classes' images only (``HerdingConfig``)."""
     started = time.perf_counter()
     device = resolve_device(device)
-    classes = resolve_classes(data, classes, ipc)
+    classes = resolve_classes(data, classes, config.ipc)
     store = class_store(data, classes, device)
-    config = TrainConfig(epochs=epochs, batch_size=batch_size, precision=precision, compile=compile)
-    net = train_model(fresh_model(model, data, seed, device), store.images, store.labels, config, seed, device,
-                      progress)
+    train = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, precision=config.precision,
+                        compile=config.compile)
+    net = train_model(fresh_model(config.model, data, config.seed, device), store.images, store.labels, train,
+                      config.seed, device, progress)
     chosen = []
     with torch.no_grad():
         for c in classes:  # per class: herding is sequential in the picks, and classes differ in size
             images = store.class_images(c)
-            with precision_scope(device, precision):
+            with precision_scope(device, config.precision):
                 features = torch.cat([net.embed(images[i:i + 1024]).float() for i in range(0, len(images), 1024)])
-            chosen.append(images[herding_order(features, ipc).to(device)])
-    return finish_set(data, torch.cat(chosen), classes, "herding", started, ipc=ipc, seed=seed, model=model,
-                      feature_epochs=epochs, precision=precision)
+            chosen.append(images[herding_order(features, config.ipc).to(device)])
+    return made_set(data, torch.cat(chosen), classes, "herding", [time.perf_counter() - started], ipc=config.ipc,
+                    seed=config.seed, model=config.model, feature_epochs=config.epochs, batch_size=config.batch_size,
+                    precision=config.precision,
+                    feature_network=HERDING_RECIPE.format(model=config.model, epochs=config.epochs))
+
+
+register_method(Method("random", RandomConfig, select_random, "class-balanced random real images",
+                       learns=False, per_class=True, paper=True))
+register_method(Method("herding", HerdingConfig, select_herding, "real images whose running feature mean herds "
+                       "to the class mean (features: the toolkit's recipe)", learns=False, per_class=False,
+                       paper=True))

@@ -11,7 +11,7 @@ from typing import Sequence
 import torch
 
 from .errors import DMError
-from .io import atomic_torch_save
+from .io import atomic_write_bytes, atomic_write_files, torch_bytes
 
 FORMAT = "dm_core.synthetic_set/1"
 
@@ -60,11 +60,18 @@ class SyntheticSet:
         return SyntheticSet(torch.cat([s.images for s in sets]), torch.cat([s.labels for s in sets]),
                             dict(meta if meta is not None else sets[0].meta))
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write atomically: an existing good file is replaced only by a complete new one."""
-        payload = {"format": FORMAT, "images": self.images.detach().cpu().float().contiguous(),
-                   "labels": self.labels.detach().cpu().long(), "meta": _plain(self.meta)}
-        return atomic_torch_save(payload, path)
+    def save(self, path: str | os.PathLike, png: str | os.PathLike | None = None) -> Path:
+        """Write atomically: an existing good file is replaced only by a complete new one. With ``png``, the image
+        grid too, and both or neither (``save_grid_png``)."""
+        files = {Path(path): torch_bytes(self.payload())}
+        if png is not None:
+            files[Path(png)] = self.grid_png()
+        return atomic_write_files(files)[0]
+
+    def payload(self) -> dict:
+        """What the file holds."""
+        return {"format": FORMAT, "images": self.images.detach().cpu().float().contiguous(),
+                "labels": self.labels.detach().cpu().long(), "meta": _plain(self.meta)}
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SyntheticSet":
@@ -112,15 +119,17 @@ class SyntheticSet:
         return (self.images * std + mean).clamp(0, 1)
 
     def save_grid_png(self, path: str | os.PathLike, min_size: int = 64) -> Path:
-        """One row per class, one column per image (the look of the paper's Figure 2); with one image per class, one
-        row of classes. Images smaller than ``min_size`` pixels are enlarged (nearest neighbour) to stay legible."""
+        return atomic_write_bytes(path, self.grid_png(min_size))
+
+    def grid_png(self, min_size: int = 64) -> bytes:
+        """A PNG of the images: one row per class, one column per image (the look of the paper's Figure 2); with one
+        image per class, one row of classes. Images smaller than ``min_size`` pixels are enlarged (nearest neighbour)
+        to stay legible."""
         import io as _io
 
         import torch.nn.functional as F
         from PIL import Image
         from torchvision.utils import make_grid
-
-        from .io import atomic_write_bytes
 
         order = torch.argsort(self.labels, stable=True)
         per_class = int(torch.bincount(self.labels).max())
@@ -132,7 +141,21 @@ class SyntheticSet:
         array = grid.permute(1, 2, 0).mul(255).round().byte().numpy()
         buffer = _io.BytesIO()
         Image.fromarray(array[..., 0] if self.images.shape[1] == 1 else array).save(buffer, format="PNG")
-        return atomic_write_bytes(path, buffer.getvalue())
+        return buffer.getvalue()
+
+
+def made_set(data, images: torch.Tensor, classes: list[int], method: str, seconds: list[float],
+             **meta) -> SyntheticSet:
+    """The set a method made: ``images`` grouped by class (``classes`` in order, equally many each), with its
+    provenance: the dataset and its normalisation, the method and its settings (``meta``), and the seconds it took
+    (``seconds``: the total, and ``segments`` when a resumed run took several)."""
+    labels = torch.as_tensor(classes).repeat_interleave(len(images) // len(classes))
+    meta = {"dataset": data.name, "method": method, **meta, "classes": list(classes), "mean": list(data.mean),
+            "std": list(data.std), "image_size": list(data.image_size), "num_classes": data.num_classes,
+            "seconds": round(sum(seconds), 3), "version": package_version()}
+    if len(seconds) > 1:
+        meta["segments"] = [round(s, 3) for s in seconds]
+    return SyntheticSet(images.detach().float().contiguous().cpu(), labels, meta)
 
 
 def _plain(value):

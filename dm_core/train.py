@@ -179,10 +179,24 @@ def train_and_test(x: torch.Tensor, y: torch.Tensor, data: ImageDataset, model: 
 
 @dataclass
 class EvalResult:
-    mean: float
-    std: float
+    """Test accuracies of the networks trained on a set, as fractions in [0, 1] (as ``evaluate_accuracy``'s)."""
+
     accuracies: list[float] = field(default_factory=list)
     seconds: float = 0.0
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.accuracies)
+
+    @property
+    def std(self) -> float:
+        """Population standard deviation over the networks (0 for one)."""
+        return statistics.pstdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
+
+    def as_dict(self) -> dict:
+        """The figures a person reads, in percent (rounded to 0.001 points), and the seconds."""
+        return {"mean_percent": round(100 * self.mean, 3), "std_percent": round(100 * self.std, 3),
+                "accuracies_percent": [round(100 * a, 3) for a in self.accuracies], "seconds": round(self.seconds, 3)}
 
 
 def check_compatible(synset: SyntheticSet, data: ImageDataset) -> None:
@@ -195,10 +209,10 @@ def check_compatible(synset: SyntheticSet, data: ImageDataset) -> None:
         raise DMError("the set holds non-finite pixels (NaN or inf): make it again with a lower --lr-img")
 
 
-def evaluate_set(synset: SyntheticSet, data: ImageDataset, model: str = "convnet", n_models: int = 5,
+def evaluate_set(synset: SyntheticSet, data: ImageDataset, model: str = "convnet", repeats: int = 5,
                  config: TrainConfig = TrainConfig(), seed: int = 0, device: str | torch.device = "auto",
                  progress: bool = True) -> EvalResult:
-    """Train ``n_models`` fresh networks (seeds seed..seed+n-1) on the set; test each; mean and std in percent.
+    """Train ``repeats`` fresh networks (seeds seed..seed+repeats-1) on the set and test each on ``data``'s test set.
 
     Under torch.distributed, rank r trains models r, r + world, ... and the accuracies are gathered in model order,
     so every rank returns what one process would.
@@ -207,17 +221,15 @@ def evaluate_set(synset: SyntheticSet, data: ImageDataset, model: str = "convnet
     device = resolve_device(device)
     started = time.perf_counter()
     w = world()
-    shard_blocks(n_models, w)  # refuses more processes than models
-    mine = range(w.rank, n_models, w.size)
+    shard_blocks(repeats, w)  # refuses more processes than networks
+    mine = range(w.rank, repeats, w.size)
     if config.compile == "auto":  # decided once for all the models: compiling may pay only over several of them
         probe = fresh_model(model, data, seed, device)
         pays = compile_pays(probe, synset.images, config, device, runs=len(mine))
         config = replace(config, compile="on" if pays else "off")
     accuracies = {}
     for i in tqdm(mine, desc=f"evaluate {model}", disable=not (progress and w.is_main), dynamic_ncols=True):
-        accuracies[i] = 100 * train_and_test(synset.images, synset.labels, data, model, config, seed + i, device)
+        accuracies[i] = train_and_test(synset.images, synset.labels, data, model, config, seed + i, device)
     for part in gather_objects(accuracies):
         accuracies.update(part)
-    accuracies = [accuracies[i] for i in range(n_models)]
-    std = statistics.pstdev(accuracies) if len(accuracies) > 1 else 0.0
-    return EvalResult(statistics.fmean(accuracies), std, accuracies, time.perf_counter() - started)
+    return EvalResult([accuracies[i] for i in range(repeats)], time.perf_counter() - started)

@@ -29,7 +29,6 @@ import numpy as np
 
 from dm_core import DMError, atomic_write_bytes, atomic_write_text
 
-from . import report_cli
 
 METHOD_ORDER = ("dm", "dsa", "herding", "random")
 # the paper's four methods, then DM's successors (docs/successors.md); any other method gets its name and a free colour
@@ -316,14 +315,28 @@ def make_report(paths: list[Path], out: Path, reference: str = "auto") -> list[P
     return written
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m reports continual", description=__doc__.splitlines()[0])
-    p.add_argument("results", type=Path, nargs="+", help="results.csv files or run directories")
-    p.add_argument("--out", type=Path, default=Path("reports/continual"), help="folder for figures and tables")
+HELP = "Figures 6 and 7, accuracy matrices and final accuracies from continual results"
+DESCRIPTION = ("Draw test accuracy against the classes seen (Figures 6 and 7), each method's accuracy matrix, and the "
+               "final-accuracy table, from results.csv files of continual.run (or the run folders holding them).")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("results", type=Path, nargs="+", metavar="RUN", help="run folders of continual.run, or their "
+                   "results.csv files")
+    p.add_argument("--out", type=Path, default=Path("reports/continual"), help="folder for the figures and tables")
     p.add_argument("--paper-reference", choices=("auto", "always", "never"), default="auto",
-                   help="mark the paper's final accuracies (auto: only for CIFAR-100, the paper's setting)")
-    args = p.parse_args(argv)
-    return report_cli(lambda: make_report(args.results, args.out, args.paper_reference))
+                   help="mark the paper's final accuracies (auto: only on CIFAR-100, the paper's setting)")
+
+
+def make(args) -> list[Path]:
+    return make_report(args.results, args.out, args.paper_reference)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m reports continual ...``."""
+    from .cli import main as reports_main
+
+    return reports_main(["continual", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ trained on the proxy, y = test accuracy trained on the whole training split, err
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import math
@@ -20,7 +19,6 @@ from pathlib import Path
 
 from dm_core import DMError, atomic_write_bytes, atomic_write_text
 
-from . import report_cli
 from nas.analysis import GROUNDTRUTH_LABEL, TOP_FRACTION, MethodSummary, mean_scores, std_scores, summarize_run
 from nas.results import read_records
 from nas.rundir import RunDir
@@ -195,24 +193,31 @@ def render(run_dir: Path, out_dir: Path, fraction: float = TOP_FRACTION) -> list
     return written
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m reports nas", description=__doc__.split("\n\n")[0])
-    p.add_argument("--run", required=True, help="NAS run directory (nas.search --out)")
-    p.add_argument("--out", default=None, help="where to write the table and figure (default: RUN/report)")
+HELP = "Table 5 and Figure F8 from a NAS run folder"
+DESCRIPTION = ("Table 5 (CSV and Markdown) and Figure F8 from the result files of a NAS run folder: nas.search's "
+               "results.csv, nas.groundtruth's groundtruth.csv and run.json.")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("run", type=Path, metavar="RUN", help="the run folder of nas.search (its --out)")
+    p.add_argument("--out", type=Path, default=None, help="folder for the table and figure (default: RUN/report)")
     p.add_argument("--top-fraction", type=float, default=TOP_FRACTION,
-                   help="fraction of each proxy's ranking the correlation is taken over (paper: 0.05)")
-    return p
+                   help="fraction of each proxy's ranking the correlation is taken over (the paper: 0.05)")
+
+
+def make(args) -> list[Path]:
+    if not 0 < args.top_fraction <= 1:
+        raise DMError(f"--top-fraction must be in (0, 1], got {args.top_fraction}")
+    if args.out is None:
+        args.out = args.run / "report"
+    return render(args.run, args.out, args.top_fraction)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """``python -m reports nas ...``."""
+    from .cli import main as reports_main
 
-    def make():
-        if not 0 < args.top_fraction <= 1:
-            raise DMError(f"--top-fraction must be in (0, 1], got {args.top_fraction}")
-        return render(Path(args.run), Path(args.out) if args.out else Path(args.run) / "report", args.top_fraction)
-
-    return report_cli(make)
+    return reports_main(["nas", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -41,10 +41,11 @@ def test_condense_then_evaluate(tmp_path):
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
     assert figures["method"] == "dm" and figures["images"] == 10 and Path(figures["png"]).is_file()
     assert not out.with_suffix(".ckpt").exists()  # the finished set supersedes its checkpoint
-    proc = cli("evaluate", str(out), "--model", "convnet-w16", "--epochs", "3", "--models", "2", "--device", "cpu")
+    proc = cli("evaluate", str(out), "--model", "convnet-w16", "--epochs", "3", "--repeats", "2", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert len(figures["accuracies"]) == 2 and 0 <= figures["mean"] <= 100 and figures["dataset"] == "digits"
+    assert len(figures["accuracies_percent"]) == 2 and 0 <= figures["mean_percent"] <= 100
+    assert figures["dataset"] == "digits" and figures["repeats"] == 2
 
 
 @pytest.mark.parametrize("args, pattern", [
@@ -61,7 +62,7 @@ def test_condense_errors(tmp_path, capsys, args, pattern):
         pytest.skip("this machine has CUDA")
     out = tmp_path / "keep.pt"
     out.write_bytes(b"existing")
-    proc = in_process(capsys, *args, "--out", str(out), "--quiet")
+    proc = in_process(capsys, *args, "--out", str(out), "--no-progress")
     assert_one_line_error(proc, pattern)
     assert out.read_bytes() == b"existing"  # an existing file is left untouched
 

@@ -105,11 +105,11 @@ def test_out_of_memory_halves_the_class_chunk(digits, monkeypatch):
     real_loss = dm_module.dm_loss
     seen = []
 
-    def short_of_memory(net, real, synthetic, num_classes, *args):
+    def short_of_memory(net, real, synthetic, num_classes, *args, **kwargs):
         seen.append(num_classes)
         if num_classes > 3:
             raise torch.cuda.OutOfMemoryError("simulated")
-        return real_loss(net, real, synthetic, num_classes, *args)
+        return real_loss(net, real, synthetic, num_classes, *args, **kwargs)
 
     monkeypatch.setattr(dm_module, "dm_loss", short_of_memory)
     result = condense_dm(digits, DMConfig(ipc=1, iterations=3, class_chunk=10, **SMALL), device="cpu", progress=False)
@@ -118,7 +118,7 @@ def test_out_of_memory_halves_the_class_chunk(digits, monkeypatch):
 
 
 def test_auto_chunk_bounds_cpu_passes():
-    from dm_core.dm import auto_class_chunk
+    from dm_core.engine import auto_class_chunk
 
     assert auto_class_chunk(torch.device("cpu"), 100, 256) == 1
     assert auto_class_chunk(torch.device("cpu"), 10, 64) == 2

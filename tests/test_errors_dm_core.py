@@ -23,10 +23,10 @@ from dm_core.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 DM = ["condense", "--dataset", "digits", "--method", "dm", "--ipc", "1", "--iterations", "2", "--batch-real", "4",
-      "--model", "convnet-d1-w8", "--device", "cpu", "--quiet"]
-RANDOM = ["condense", "--dataset", "digits", "--method", "random", "--ipc", "1", "--quiet"]
-HERDING = ["condense", "--dataset", "digits", "--method", "herding", "--ipc", "1", "--herding-epochs", "1",
-           "--model", "convnet-d1-w8", "--device", "cpu", "--quiet"]
+      "--model", "convnet-d1-w8", "--device", "cpu", "--no-progress"]
+RANDOM = ["condense", "--dataset", "digits", "--method", "random", "--ipc", "1", "--no-progress"]
+HERDING = ["condense", "--dataset", "digits", "--method", "herding", "--ipc", "1", "--option", "epochs=1",
+           "--model", "convnet-d1-w8", "--device", "cpu", "--no-progress"]
 
 
 def then(_done, value):
@@ -52,7 +52,7 @@ def npz(tmp: Path, **change) -> str:
 
 def npz_condense(tmp: Path, **change) -> list[str]:
     return ["condense", "--dataset", npz(tmp, **change), "--method", "random", "--ipc", "1", "--out",
-            str(tmp / "set.pt"), "--quiet"]
+            str(tmp / "set.pt"), "--no-progress"]
 
 
 def a_set(tmp: Path, **payload) -> str:
@@ -66,8 +66,8 @@ def a_set(tmp: Path, **payload) -> str:
 
 
 def evaluate_args(path: str) -> list[str]:
-    return ["evaluate", path, "--epochs", "1", "--models", "1", "--model", "convnet-d1-w8", "--device", "cpu",
-            "--quiet"]
+    return ["evaluate", path, "--epochs", "1", "--repeats", "1", "--model", "convnet-d1-w8", "--device", "cpu",
+            "--no-progress"]
 
 
 CASES = {
@@ -84,23 +84,27 @@ CASES = {
                                "keeps no checkpoint"),
     "checkpoint with herding": (lambda t: HERDING + ["--out", str(t / "s.pt"), "--checkpoint", str(t / "c.ckpt")],
                                 "keeps no checkpoint"),
-    "resume with herding": (lambda t: HERDING + ["--out", str(t / "s.pt"), "--resume"], "keeps no checkpoint"),
-    "resume and restart": (lambda t: DM + ["--out", str(t / "s.pt"), "--resume", "--restart"], "contradict"),
+    "restart with herding": (lambda t: HERDING + ["--out", str(t / "s.pt"), "--restart"], "keeps no checkpoint"),
+    "resume flag removed": (lambda t: DM + ["--out", str(t / "s.pt"), "--resume", "--restart"],
+                            "--resume was removed"),
+    "quiet flag renamed": (lambda t: DM + ["--out", str(t / "s.pt"), "--quiet"], "use --no-progress"),
     # option values
-    "lr-img negative": (lambda t: DM + ["--out", str(t / "s.pt"), "--lr-img", "-1"], "learning rate"),
-    "lr-img zero": (lambda t: DM + ["--out", str(t / "s.pt"), "--lr-img", "0"], "learning rate"),
-    "lr-img nan": (lambda t: DM + ["--out", str(t / "s.pt"), "--lr-img", "nan"], "learning rate"),
+    "lr-img negative": (lambda t: DM + ["--out", str(t / "s.pt"), "--lr-img", "-1"], "--lr-img must be positive"),
+    "lr-img zero": (lambda t: DM + ["--out", str(t / "s.pt"), "--lr-img", "0"], "--lr-img must be positive"),
+    "lr-img nan": (lambda t: DM + ["--out", str(t / "s.pt"), "--lr-img", "nan"], "--lr-img must be a finite"),
     "dsa lr-img zero": (lambda t: ["condense", "--dataset", "digits", "--method", "dsa", "--ipc", "1", "--lr-img",
-                                   "0", "--out", str(t / "s.pt"), "--quiet"], "learning rate"),
-    "iterations for random": (lambda t: RANDOM + ["--out", str(t / "s.pt"), "--iterations", "5"], "apply to dm"),
+                                   "0", "--out", str(t / "s.pt"), "--no-progress"], "--lr-img must be positive"),
+    "iterations for random": (lambda t: RANDOM + ["--out", str(t / "s.pt"), "--iterations", "5"], "applies to dm"),
     "class-chunk for random": (lambda t: RANDOM + ["--out", str(t / "s.pt"), "--class-chunk", "2"], "applies to dm"),
     "model for random": (lambda t: RANDOM + ["--out", str(t / "s.pt"), "--model", "convnet"], "not random"),
-    "herding-epochs for dm": (lambda t: DM + ["--out", str(t / "s.pt"), "--herding-epochs", "2"], "herding"),
+    "herding-epochs flag removed": (lambda t: DM + ["--out", str(t / "s.pt"), "--herding-epochs", "2"],
+                                    "--option epochs=N"),
+    "herding option for dm": (lambda t: DM + ["--out", str(t / "s.pt"), "--option", "epochs=2"], "unknown option"),
     "option log_every zero": (lambda t: DM + ["--out", str(t / "s.pt"), "--option", "log_every=0"], "log_every"),
     "option checkpoint_every zero": (lambda t: DM + ["--out", str(t / "s.pt"), "--option", "checkpoint_every=0"],
                                      "checkpoint_every"),
     "option of the wrong type": (lambda t: DM + ["--out", str(t / "s.pt"), "--option", "init=3"],
-                                 "must be str"),
+                                 "must be a string"),
     "option seed": (lambda t: DM + ["--out", str(t / "s.pt"), "--option", "seed=3"], "use --seed"),
     "option unknown": (lambda t: DM + ["--out", str(t / "s.pt"), "--option", "bogus=1"], "unknown option"),
     "option twice": (lambda t: DM + ["--out", str(t / "s.pt"), "--option", "iterations=3"], "give it once"),
@@ -120,7 +124,7 @@ CASES = {
     "unknown dataset": (lambda t: ["condense", "--dataset", "imagenet21k", "--method", "random", "--ipc", "1",
                                    "--out", str(t / "s.pt")], "unknown dataset"),
     "unknown method": (lambda t: ["condense", "--dataset", "digits", "--method", "kmeans", "--ipc", "1",
-                                  "--out", str(t / "s.pt")], "unknown method"),
+                                  "--out", str(t / "s.pt")], "unknown method 'kmeans'"),
     # npz datasets
     "npz missing": (lambda t: ["condense", "--dataset", f"npz:{t / 'none.npz'}", "--method", "random", "--ipc", "1",
                                "--out", str(t / "s.pt")], "no array file"),
@@ -194,27 +198,27 @@ def interrupted_checkpoint(digits, tmp_path, monkeypatch, iterations=10):
 def test_resume_with_fewer_iterations_than_the_checkpoint_is_refused(digits, tmp_path, capsys, monkeypatch):
     interrupted_checkpoint(digits, tmp_path, monkeypatch)
     argv = ["condense", "--dataset", "digits", "--method", "dm", "--ipc", "1", "--iterations", "3", "--batch-real",
-            "4", "--model", "convnet-d1-w8", "--device", "cpu", "--out", str(tmp_path / "s.pt"), "--quiet"]
+            "4", "--model", "convnet-d1-w8", "--device", "cpu", "--out", str(tmp_path / "s.pt"), "--no-progress"]
     before = snapshot(tmp_path)
     status, _, err = run_cli(main, argv, capsys)
-    assert_clean_refusal(status, err, before, snapshot(tmp_path), "iteration 5, beyond --iterations 3")
+    assert_clean_refusal(status, err, before, snapshot(tmp_path), "iteration 5, beyond iterations 3")
 
 
 def test_a_checkpoint_of_other_settings_names_the_setting(digits, tmp_path, capsys, monkeypatch):
     interrupted_checkpoint(digits, tmp_path, monkeypatch)
     argv = ["condense", "--dataset", "digits", "--method", "dm", "--ipc", "1", "--iterations", "10", "--batch-real",
             "4", "--model", "convnet-d1-w8", "--lr-img", "2", "--device", "cpu", "--out", str(tmp_path / "s.pt"),
-            "--quiet"]
+            "--no-progress"]
     before = snapshot(tmp_path)
     status, _, err = run_cli(main, argv, capsys)
-    assert_clean_refusal(status, err, before, snapshot(tmp_path), "lr_img None -> 2.0")
+    assert_clean_refusal(status, err, before, snapshot(tmp_path), "--lr-img 1.0 -> 2.0")
 
 
 def test_the_same_command_resumes_a_checkpoint(digits, tmp_path, capsys, monkeypatch):
     """No --resume needed: a matching checkpoint is continued; --restart starts over."""
     ckpt = interrupted_checkpoint(digits, tmp_path, monkeypatch)
     argv = ["condense", "--dataset", "digits", "--method", "dm", "--ipc", "1", "--iterations", "10", "--batch-real",
-            "4", "--model", "convnet-d1-w8", "--device", "cpu", "--quiet"]
+            "4", "--model", "convnet-d1-w8", "--device", "cpu", "--no-progress"]
     assert run_cli(main, argv + ["--out", str(tmp_path / "s.pt")], capsys)[0] == 0
     assert not ckpt.exists()
     assert run_cli(main, argv + ["--out", str(tmp_path / "straight.pt")], capsys)[0] == 0
@@ -272,14 +276,14 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_continues_bit_identicall
     assert stopped.returncode == 130, stopped.stderr
     # tqdm's monitor thread may redraw the bar after the message, so look for the message line, not the last line
     lines = [line for line in stopped.stderr.replace("\r", "\n").splitlines() if line.strip()]
-    assert any(line.startswith("interrupted at iteration") and "rerun the same command" in line for line in lines), \
+    assert any(line.startswith("interrupted: at iteration") and "rerun the same command" in line for line in lines), \
         stopped.stderr
     assert "Traceback" not in stopped.stderr and (tmp_path / "s.ckpt").is_file() and not (tmp_path / "s.pt").exists()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    resumed = subprocess.run([sys.executable, "-m", "dm_core", *argv, "--quiet"], cwd=tmp_path, env=env,
+    resumed = subprocess.run([sys.executable, "-m", "dm_core", *argv, "--no-progress"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    straight = subprocess.run([sys.executable, "-m", "dm_core", *argv[:-1], "straight.pt", "--quiet"], cwd=tmp_path,
+    straight = subprocess.run([sys.executable, "-m", "dm_core", *argv[:-1], "straight.pt", "--no-progress"], cwd=tmp_path,
                               env=env, capture_output=True, text=True, timeout=300)
     assert straight.returncode == 0, straight.stderr
     a = torch.load(tmp_path / "s.pt", weights_only=True)
@@ -291,10 +295,10 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_continues_bit_identicall
 def test_ctrl_c_in_evaluate_says_nothing_was_saved(tmp_path):
     setfile = tmp_path / "r.pt"
     subprocess.run([sys.executable, "-m", "dm_core", "condense", "--dataset", "digits", "--method", "random",
-                    "--ipc", "1", "--out", str(setfile), "--quiet"], check=True, cwd=tmp_path,
+                    "--ipc", "1", "--out", str(setfile), "--no-progress"], check=True, cwd=tmp_path,
                    env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, timeout=300)
     before = snapshot(tmp_path)
-    stopped = run_and_interrupt(["evaluate", str(setfile), "--epochs", "100000", "--models", "1", "--model",
+    stopped = run_and_interrupt(["evaluate", str(setfile), "--epochs", "100000", "--repeats", "1", "--model",
                                  "convnet-d1-w8", "--device", "cpu"], tmp_path, after="evaluate")
     time.sleep(0)
     assert stopped.returncode == 130 and "Traceback" not in stopped.stderr
@@ -303,14 +307,15 @@ def test_ctrl_c_in_evaluate_says_nothing_was_saved(tmp_path):
     assert snapshot(tmp_path) == before
 
 
-def test_sigterm_ends_with_one_error_line_and_keeps_the_checkpoint(tmp_path):
-    """A cancelled job (SIGTERM, as scancel or kill send) says so in one ``error:`` line, writes no set, and the
-    periodic checkpoint continues the run."""
+def test_sigterm_ends_with_one_line_and_keeps_the_checkpoint(tmp_path):
+    """A cancelled job (SIGTERM, as scancel or kill send) says so in one ``stopped by SIGTERM:`` line, writes no
+    set, and the periodic checkpoint continues the run."""
     argv = ["condense", "--dataset", "digits", "--method", "dm", "--ipc", "1", "--iterations", "3000",
             "--batch-real", "4", "--model", "convnet-d1-w8", "--device", "cpu", "--option", "checkpoint_every=10",
             "--out", "s.pt"]
     stopped = run_and_interrupt(argv, tmp_path, signum=signal.SIGTERM, written=tmp_path / "s.ckpt")
     assert stopped.returncode == 143, stopped.stderr
-    errors = [line for line in stopped.stderr.replace("\r", "\n").splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "stopped by SIGTERM" in errors[0] and "s.ckpt" in errors[0], stopped.stderr
+    lines = stopped.stderr.replace("\r", "\n").splitlines()
+    errors = [line for line in lines if line.startswith(("error:", "stopped by SIGTERM:"))]
+    assert len(errors) == 1 and errors[0].startswith("stopped by SIGTERM:") and "s.ckpt" in errors[0], stopped.stderr
     assert "Traceback" not in stopped.stderr and (tmp_path / "s.ckpt").is_file() and not (tmp_path / "s.pt").exists()

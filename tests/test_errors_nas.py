@@ -13,7 +13,7 @@ from typing import Callable
 import pytest
 
 from cli_harness import assert_clean_refusal, run_cli, snapshot
-from dm_core import SyntheticSet, select_random
+from dm_core import SyntheticSet, make_set
 from nas.groundtruth import main as groundtruth_main
 from nas.results import TrialRecord, TrialStore
 from nas.search import main as search_main
@@ -48,7 +48,7 @@ def set_file(root: Path, meta: dict | None = None) -> Path:
     """A random 2-images-per-class set of the digits training split (its provenance replaced by ``meta`` if given)."""
     from nas.data import load_search_data
 
-    chosen = select_random(load_search_data("digits", None, 0.1, 0).train, 2, seed=0)
+    chosen = make_set("random", load_search_data("digits", None, 0.1, 0).train, 2, seed=0)
     return SyntheticSet(chosen.images, chosen.labels, chosen.meta if meta is None else meta).save(root / "set.pt")
 
 

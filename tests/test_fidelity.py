@@ -15,7 +15,7 @@ from dm_core.device import make_generator
 
 CPU = torch.device("cpu")
 BN_FLAGS = ["condense", "--dataset", "digits", "--method", "dm", "--model", "convnetbn-w8", "--ipc", "1",
-            "--iterations", "3", "--batch-real", "32", "--seed", "0", "--device", "cpu", "--quiet"]
+            "--iterations", "3", "--batch-real", "32", "--seed", "0", "--device", "cpu", "--no-progress"]
 
 
 # 1. BatchNorm DM ------------------------------------------------------------------------------------------------------
@@ -33,7 +33,7 @@ def test_batchnorm_dm_refuses_chunking_with_one_error_line(tmp_path, capsys):
 def test_batchnorm_dm_default_takes_the_whole_batch(digits):
     """On the CPU the automatic chunk used to be one class at batch_real 256 (per-class BN statistics); BN networks
     now always take every class in one pass, so the default equals an explicit all-classes pass."""
-    from dm_core.dm import auto_class_chunk
+    from dm_core.engine import auto_class_chunk
 
     assert auto_class_chunk(CPU, 10, 256, batchnorm=True) == 10
     config = dict(ipc=1, iterations=3, model="convnetbn-w8", batch_real=32, seed=0)
@@ -157,10 +157,10 @@ def test_bf16_is_an_explicit_option_that_changes_the_numbers(digits):
 def test_cli_records_precision_in_the_set_and_the_evaluation(tmp_path, capsys):
     out = tmp_path / "r.pt"
     assert dm_main(["condense", "--dataset", "digits", "--method", "random", "--ipc", "1", "--out", str(out),
-                    "--quiet"]) == 0
+                    "--no-progress"]) == 0
     assert torch.load(out, weights_only=True)["meta"]["precision"] == "fp32"
     capsys.readouterr()
-    assert dm_main(["evaluate", str(out), "--epochs", "2", "--models", "1", "--model", "convnet-w8", "--device",
-                    "cpu", "--quiet"]) == 0
+    assert dm_main(["evaluate", str(out), "--epochs", "2", "--repeats", "1", "--model", "convnet-w8", "--device",
+                    "cpu", "--no-progress"]) == 0
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert figures["precision"] == "fp32" and figures["augment_groups"] == "batch"

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from dm_core import DMConfig, DSAConfig, TrainConfig, condense_dm, condense_dsa, evaluate_set, select_random
+from dm_core import DMConfig, DSAConfig, TrainConfig, condense_dm, condense_dsa, evaluate_set, make_set
 
 MODEL = "convnet-w32"
 
@@ -18,13 +18,14 @@ def mnist_small_test(mnist):
 
 
 def accuracy(synset, data):
-    return evaluate_set(synset, data, MODEL, n_models=1, config=TrainConfig(epochs=200), seed=0, device="cpu",
-                        progress=False).mean
+    """Test accuracy in percent."""
+    return 100 * evaluate_set(synset, data, MODEL, repeats=1, config=TrainConfig(epochs=200), seed=0, device="cpu",
+                              progress=False).mean
 
 
 @pytest.fixture(scope="module")
 def random_accuracy(mnist, mnist_small_test):
-    return accuracy(select_random(mnist, 1, seed=0), mnist_small_test)
+    return accuracy(make_set("random", mnist, 1, seed=0), mnist_small_test)
 
 
 @pytest.mark.mnist

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dm_core import DMError, SyntheticSet, select_random
+from dm_core import DMError, SyntheticSet, make_set
 from nas.analysis import summarize_method
 from nas.groundtruth import main as groundtruth_main
 from nas.results import TrialRecord, TrialStore, read_records
@@ -110,7 +110,7 @@ def digits_set_files(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("sets")
     train = load_search_data("digits", None, 0.1, 0).train
-    seven = select_random(train, 7, seed=0)
+    seven = make_set("random", train, 7, seed=0)
     files = {"random7": seven.save(folder / "random7.pt")}
     files["bare"] = SyntheticSet(seven.images, seven.labels, {"dataset": train.name}).save(folder / "bare.pt")
     lying = SyntheticSet(seven.images, seven.labels, {**seven.meta, "ipc": 3})

@@ -50,7 +50,7 @@ def run_dir(tmp_path):
 def test_table5_correlates_test_accuracies_and_prints_the_paper_beside_the_run(run_dir, tmp_path):
     run, truth, dm_test, rnd_val, rnd_test = run_dir
     out = tmp_path / "report"
-    assert report.main(["--run", str(run), "--out", str(out), "--top-fraction", "0.5"]) == 0
+    assert report.main([str(run), "--out", str(out), "--top-fraction", "0.5"]) == 0
 
     rows = {r["method"]: r for r in csv.DictReader((out / "table5.csv").open())}
     assert list(rows) == ["random10", "dm10", "whole (ground truth)"]  # the paper's column order
@@ -120,7 +120,7 @@ def test_missing_ground_truth_leaves_correlation_undefined(run_dir, tmp_path):
     run, *_ = run_dir
     (run / "groundtruth.csv").unlink()
     out = tmp_path / "report"
-    assert report.main(["--run", str(run), "--out", str(out)]) == 0
+    assert report.main([str(run), "--out", str(out)]) == 0
     rows = list(csv.DictReader((out / "table5.csv").open()))
     assert [r["method"] for r in rows] == ["random10", "dm10"]
     assert all(math.isnan(float(r["spearman_top_k"])) and math.isnan(float(r["selected_whole_test_percent"]))
@@ -133,7 +133,7 @@ def test_a_results_file_of_the_old_format_is_one_clear_error(run_dir, tmp_path, 
     legacy = ("proxy,arch,depth,width,act,norm,pool,repeat,seed,budget,train_images,steps,val_acc,test_acc,seconds\n"
               "dm10,convnet-d1-w32-relu-none-avgpool,1,32,relu,none,avgpool,0,0,e10-b250,100,10,0.5,,3.0\n")
     (run / "results.csv").write_text(legacy)
-    assert report.main(["--run", str(run), "--out", str(tmp_path / "report")]) == 2
+    assert report.main([str(run), "--out", str(tmp_path / "report")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "older nas" in err[0] and "proxy-trained test accuracy" in err[0]
     assert not (tmp_path / "report").exists()
@@ -141,8 +141,8 @@ def test_a_results_file_of_the_old_format_is_one_clear_error(run_dir, tmp_path, 
 
 def test_report_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
-    assert report.main(["--run", str(tmp_path / "empty")]) == 2
+    assert report.main([str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: no search results")
-    assert report.main(["--run", str(tmp_path), "--top-fraction", "0"]) == 2
+    assert report.main([str(tmp_path), "--top-fraction", "0"]) == 2
     assert "--top-fraction" in capsys.readouterr().err

@@ -1,6 +1,6 @@
 import torch
 
-from dm_core import select_herding, select_random
+from dm_core import make_set
 from dm_core.select import herding_order
 
 
@@ -17,10 +17,10 @@ def test_herding_mean_is_closer_than_random_picks():
 
 
 def test_random_selection_is_class_balanced_and_seeded(digits):
-    a = select_random(digits, 3, seed=1)
+    a = make_set("random", digits, 3, seed=1)
     assert a.labels.tolist() == [c for c in range(10) for _ in range(3)]
-    assert torch.equal(a.images, select_random(digits, 3, seed=1).images)
-    assert not torch.equal(a.images, select_random(digits, 3, seed=2).images)
+    assert torch.equal(a.images, make_set("random", digits, 3, seed=1).images)
+    assert not torch.equal(a.images, make_set("random", digits, 3, seed=2).images)
     # every picked image is a real training image of its class
     for img, label in zip(a.images, a.labels):
         same = (digits.x_train[digits.y_train == label] == img).flatten(1).all(1)
@@ -28,7 +28,8 @@ def test_random_selection_is_class_balanced_and_seeded(digits):
 
 
 def test_herding_selects_real_images_of_the_requested_classes(digits):
-    result = select_herding(digits, 2, classes=[4, 9], seed=0, device="cpu", model="convnet-w16", epochs=2)
+    result = make_set("herding", digits, 2, classes=[4, 9], seed=0, device="cpu", model="convnet-w16",
+                      epochs=2)
     assert result.labels.tolist() == [4, 4, 9, 9]
     assert result.meta["method"] == "herding"
     for img, label in zip(result.images, result.labels):

@@ -137,10 +137,10 @@ def test_compile_decision_follows_the_cost_model(monkeypatch):
 
 def test_short_runs_stay_eager(digits, monkeypatch):
     """The tests' (and users') small runs never pay a compile."""
-    import dm_core.dm
+    import dm_core.engine
     import dm_core.train
 
-    for module in (dm_core.dm, dm_core.train):
+    for module in (dm_core.engine, dm_core.train):
         monkeypatch.setattr(module, "compiled", lambda *a: pytest.fail("compiled a short run"))
     condense_dm(digits, DMConfig(ipc=1, iterations=3, batch_real=8, model="convnet-w8"), classes=[0, 1],
                 device="cpu", progress=False)
@@ -153,22 +153,22 @@ def test_the_compile_flag_reaches_dm_herding_and_evaluate(mode, tmp_path, monkey
     """``--compile MODE`` is the mode every compile decision of the command is asked with."""
     import json
 
-    import dm_core.dm
+    import dm_core.engine
     import dm_core.train
     from dm_core.cli import main
 
     asked = []
-    monkeypatch.setattr(dm_core.dm, "should_compile", lambda m, *a: asked.append(("dm", m)) or False)
+    monkeypatch.setattr(dm_core.engine, "should_compile", lambda m, *a: asked.append(("dm", m)) or False)
     monkeypatch.setattr(dm_core.train, "compile_pays", lambda net, x, config, *a, **k:
                         asked.append(("train", config.compile)) or False)
-    common = ["--dataset", "digits", "--ipc", "1", "--model", "convnet-d1-w4", "--device", "cpu", "--quiet",
+    common = ["--dataset", "digits", "--ipc", "1", "--model", "convnet-d1-w4", "--device", "cpu", "--no-progress",
               "--compile", mode]
     assert main(["condense", "--method", "dm", "--iterations", "2", "--batch-real", "4", *common,
                  "--out", str(tmp_path / "dm.pt")]) == 0
-    assert main(["condense", "--method", "herding", "--herding-epochs", "1", *common,
+    assert main(["condense", "--method", "herding", "--option", "epochs=1", *common,
                  "--out", str(tmp_path / "h.pt")]) == 0
-    assert main(["evaluate", str(tmp_path / "dm.pt"), "--epochs", "1", "--models", "1", "--model", "convnet-d1-w4",
-                 "--device", "cpu", "--quiet", "--compile", mode]) == 0
+    assert main(["evaluate", str(tmp_path / "dm.pt"), "--epochs", "1", "--repeats", "1", "--model", "convnet-d1-w4",
+                 "--device", "cpu", "--no-progress", "--compile", mode]) == 0
     assert asked == [("dm", mode), ("train", mode), ("train", mode)]  # DM, herding's feature net, evaluate
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["compile"] == mode
 

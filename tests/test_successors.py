@@ -237,7 +237,7 @@ def test_cli_condenses_with_m3d_and_resumes_after_an_interruption(tmp_path, caps
     out = tmp_path / "m3d.pt"
     flags = ["condense", "--dataset", "digits", "--method", "m3d", "--ipc", "1", "--iterations", "4",
              "--batch-real", "4", "--model", "convnet-w8", "--option", "checkpoint_every=2", "--option",
-             "kernel=gaussian", "--device", "cpu", "--out", str(out), "--quiet"]
+             "kernel=gaussian", "--device", "cpu", "--out", str(out), "--no-progress"]
     import dm_core.successors.m3d as m3d_module
 
     real_mmd, calls = m3d_module.mmd2, {"n": 0}

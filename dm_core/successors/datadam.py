@@ -17,9 +17,12 @@ import torch
 import torch.nn.functional as F
 
 from ..data import ImageDataset
+from ..dm import DMMatcher, MatchingConfig
+from ..engine import condense
+from ..registry import Method, register_method
 from ..synset import SyntheticSet
-from .engine import (ACTIVATIONS, Matcher, MatchingConfig, by_class, check_positive, condense_matching,
-                     embed_with_taps)
+from ..validate import check_number
+from .common import ACTIVATIONS, by_class, embed_with_taps
 
 
 @dataclass(frozen=True)
@@ -31,8 +34,9 @@ class DataDAMConfig(MatchingConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        check_positive(self, "power", "loss_scale")
-        check_positive(self, "task_balance", zero=True)
+        check_number("power", self.power)
+        check_number("loss_scale", self.loss_scale)
+        check_number("task_balance", self.task_balance, zero=True)
 
 
 def attention_map(features: torch.Tensor, power: float = 1.0) -> torch.Tensor:
@@ -59,15 +63,21 @@ def datadam_loss(net, real, syn, num_classes: int, power: float, task_balance: f
     return loss_scale * (attention + task_balance * embedding)
 
 
-class DataDAMMatcher(Matcher):
-    def loss(self, net, real, syn, labels, real_aug, syn_aug):
+class DataDAMMatcher(DMMatcher):
+    compiles = False  # the loss reads intermediate layers through hooks
+
+    def loss(self, net, real, syn, classes, embed):
         c = self.config
-        return datadam_loss(net, real, syn, len(labels), c.power, c.task_balance, c.loss_scale, real_aug, syn_aug)
+        return datadam_loss(net, real, syn, len(classes), c.power, c.task_balance, c.loss_scale)
 
 
 def condense_datadam(data: ImageDataset, config: DataDAMConfig = DataDAMConfig(),
                      classes: Sequence[int] | None = None, device: str | torch.device = "auto",
                      checkpoint: str | os.PathLike | None = None, resume: bool = False,
-                     progress: bool = True) -> SyntheticSet:
+                     progress: bool = True, initial: torch.Tensor | None = None) -> SyntheticSet:
     """DataDAM: ``config.ipc`` images per class of ``classes`` (all by default) by attention and embedding matching."""
-    return condense_matching("datadam", DataDAMMatcher, data, config, classes, device, checkpoint, resume, progress)
+    return condense("datadam", DataDAMMatcher, data, config, classes, device, checkpoint, resume, progress, initial)
+
+
+register_method(Method("datadam", DataDAMConfig, condense_datadam, "DM plus matching of the spatial attention maps "
+                       "of intermediate layers", learns=True, per_class=True))

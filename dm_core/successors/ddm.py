@@ -23,8 +23,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import ImageDataset
+from ..dm import DMMatcher, MatchingConfig
+from ..engine import condense
+from ..registry import Method, register_method
 from ..synset import SyntheticSet
-from .engine import Matcher, MatchingConfig, by_class, check_positive, condense_matching, embed_with_taps
+from ..validate import check_number
+from .common import by_class, embed_with_taps
 
 STYLE_TAP = (nn.Conv2d,)
 
@@ -38,8 +42,9 @@ class DDMConfig(MatchingConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        check_positive(self, "mm_weight", "cm_weight", "icd_weight", zero=True)
-        check_positive(self, "icd_neighbours")
+        for name in ("mm_weight", "cm_weight", "icd_weight"):
+            check_number(name, getattr(self, name), zero=True)
+        check_number("icd_neighbours", self.icd_neighbours)
 
 
 def channel_moments(features: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,13 +101,15 @@ def intra_class_diversity(embeddings: torch.Tensor, fraction: float = 0.2) -> to
     return -kl.mean(dim=1).sum()
 
 
-class DDMMatcher(Matcher):
-    def loss(self, net, real, syn, labels, real_aug, syn_aug):
-        k, c = len(labels), self.config
+class DDMMatcher(DMMatcher):
+    compiles = False  # the loss reads intermediate layers through hooks
+
+    def loss(self, net, real, syn, classes, embed):
+        k, c = len(classes), self.config
         style = lambda maps: class_style(maps, k)  # noqa: E731
         with torch.no_grad():
-            real_emb, real_style = embed_with_taps(net, real_aug(real) if real_aug else real, STYLE_TAP, style)
-        syn_emb, syn_style = embed_with_taps(net, syn_aug(syn) if syn_aug else syn, STYLE_TAP, style)
+            real_emb, real_style = embed_with_taps(net, real, STYLE_TAP, style)
+        syn_emb, syn_style = embed_with_taps(net, syn, STYLE_TAP, style)
         syn_emb = by_class(syn_emb, k)
         content = (by_class(real_emb, k).mean(1) - syn_emb.mean(1)).pow(2).sum()
         mm, cm = style_losses(real_style, syn_style)
@@ -112,6 +119,10 @@ class DDMMatcher(Matcher):
 
 def condense_ddm(data: ImageDataset, config: DDMConfig = DDMConfig(), classes: Sequence[int] | None = None,
                  device: str | torch.device = "auto", checkpoint: str | os.PathLike | None = None,
-                 resume: bool = False, progress: bool = True) -> SyntheticSet:
+                 resume: bool = False, progress: bool = True, initial: torch.Tensor | None = None) -> SyntheticSet:
     """Decomposed DM: ``config.ipc`` images per class of ``classes`` (all by default)."""
-    return condense_matching("ddm", DDMMatcher, data, config, classes, device, checkpoint, resume, progress)
+    return condense("ddm", DDMMatcher, data, config, classes, device, checkpoint, resume, progress, initial)
+
+
+register_method(Method("ddm", DDMConfig, condense_ddm, "decomposed DM: DM plus style (moments, Gram matrices) of "
+                       "intermediate layers and intra-class diversity", learns=True, per_class=True))

@@ -23,11 +23,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import ImageDataset
+from ..dm import MatchingConfig
+from ..engine import Matcher, build, condense
 from ..errors import DMError
-from ..nets import build_model, reinit_
+from ..nets import reinit_
 from ..precision import precision_scope
+from ..registry import Method, register_method
 from ..synset import SyntheticSet
-from .engine import Matcher, MatchingConfig, by_class, check_positive, condense_matching
+from ..validate import check_int, check_number
+from .common import by_class
 
 
 @dataclass(frozen=True)
@@ -46,14 +50,15 @@ class IDMConfig(MatchingConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        check_positive(self, "queue_size", "initial_models", "push_count", "match_models", "train_batch",
-                       integer=True)
-        check_positive(self, "train_models", "train_steps", integer=True, zero=True)
-        check_positive(self, "lr_net")
+        for name in ("queue_size", "initial_models", "push_count", "match_models", "train_batch"):
+            check_int(name, getattr(self, name), 1)
+        for name in ("train_models", "train_steps"):
+            check_int(name, getattr(self, name), 0)
+        check_number("lr_net", self.lr_net)
         if self.push_every is not None:
-            check_positive(self, "push_every", integer=True)
+            check_int("push_every", self.push_every, 1)
         if self.ce_weight is not None:
-            check_positive(self, "ce_weight", zero=True)
+            check_number("ce_weight", self.ce_weight, zero=True)
         if self.initial_models > self.queue_size or self.match_models > self.queue_size:
             raise DMError(f"initial_models ({self.initial_models}) and match_models ({self.match_models}) cannot "
                           f"exceed queue_size ({self.queue_size})")
@@ -165,16 +170,12 @@ def idm_loss(net, real: torch.Tensor, syn: torch.Tensor, labels: torch.Tensor, c
 
 
 class IDMMatcher(Matcher):
-    uses_state = True
-
-    def __init__(self, config: IDMConfig, run, data: ImageDataset, device: torch.device, state: dict | None):
-        super().__init__(config, run, data, device, state)
+    def __init__(self, run, state: dict | None):
+        super().__init__(run, state)
+        config = self.config
         self.net.eval()  # matching networks run in eval mode: BatchNorm uses the statistics of their training
-
-        def build() -> nn.Module:
-            return build_model(config.model, data.channels, data.num_classes, data.image_size).to(device)
-
-        self.queue = ModelQueue(build, config.queue_size, config.lr_net, run.generator)
+        self.queue = ModelQueue(lambda: build(config.model, run.data, run.device, config.precision),
+                                config.queue_size, config.lr_net, run.generator)
         if state and "queue" in state:
             self.queue.load_state_dict(state["queue"])
         else:
@@ -190,12 +191,15 @@ class IDMMatcher(Matcher):
         self.matching = self.queue.draw(c.match_models)
         return [self.queue.nets[i].eval() for i in self.matching]
 
-    def loss(self, nets, real, syn, labels, real_aug, syn_aug):
-        real, syn = (real_aug(real) if real_aug else real), (syn_aug(syn) if syn_aug else syn)
-        return sum(idm_loss(net, real, syn, labels, self.config.class_weight * self.queue.accuracy(index))
+    @property
+    def whole_batch(self) -> bool:
+        return False  # matching networks run in eval mode
+
+    def loss(self, nets, real, syn, classes, embed):
+        return sum(idm_loss(net, real, syn, classes, self.config.class_weight * self.queue.accuracy(index))
                    for index, net in zip(self.matching, nets))
 
-    def after_step(self, iteration: int) -> None:
+    def after_step(self, net, iteration: int, step: int) -> None:
         c, store = self.config, self.run.store
         for index in self.queue.draw(c.train_models):
             self.queue.train(index, store.images, store.labels, c.train_steps, c.train_batch, c.precision)
@@ -210,6 +214,10 @@ class IDMMatcher(Matcher):
 
 def condense_idm(data: ImageDataset, config: IDMConfig = IDMConfig(), classes: Sequence[int] | None = None,
                  device: str | torch.device = "auto", checkpoint: str | os.PathLike | None = None,
-                 resume: bool = False, progress: bool = True) -> SyntheticSet:
+                 resume: bool = False, progress: bool = True, initial: torch.Tensor | None = None) -> SyntheticSet:
     """IDM: ``config.ipc`` images per class of ``classes`` (all by default) with IDM's queue and regularisation."""
-    return condense_matching("idm", IDMMatcher, data, config, classes, device, checkpoint, resume, progress)
+    return condense("idm", IDMMatcher, data, config, classes, device, checkpoint, resume, progress, initial)
+
+
+register_method(Method("idm", IDMConfig, condense_idm, "improved DM: a queue of partly trained networks, "
+                       "class-aware regularisation, partition and expansion", learns=True, per_class=False))

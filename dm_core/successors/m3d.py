@@ -18,16 +18,19 @@ from typing import Sequence
 import torch
 
 from ..data import ImageDataset
+from ..dm import DMConfig, DMMatcher
+from ..engine import condense, embedding
 from ..errors import DMError
+from ..registry import Method, register_method
 from ..synset import SyntheticSet
-from .engine import Matcher, MatchingConfig, by_class, condense_matching
+from .common import by_class
 
 KERNELS = ("gaussian", "linear")
 BANDWIDTH_MULTIPLIERS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
 @dataclass(frozen=True)
-class M3DConfig(MatchingConfig):
+class M3DConfig(DMConfig):
     kernel: str = "gaussian"  # or "linear" (DM's loss)
 
     def __post_init__(self):
@@ -62,17 +65,19 @@ def mmd2(x: torch.Tensor, y: torch.Tensor, kernel: str = "gaussian") -> torch.Te
 
 
 def m3d_loss(net, real: torch.Tensor, syn: torch.Tensor, num_classes: int, kernel: str = "gaussian",
-             real_aug=None, syn_aug=None) -> torch.Tensor:
-    """Sum over classes of MMD^2 between the real and synthetic embeddings (batches grouped by class)."""
+             real_aug=None, syn_aug=None, real_embed=None, syn_embed=None) -> torch.Tensor:
+    """Sum over classes of MMD^2 between the real and synthetic embeddings (batches grouped by class); the
+    arguments as ``dm_loss``'s."""
     with torch.no_grad():
-        real_emb = by_class(net.embed(real_aug(real) if real_aug else real), num_classes)
-    syn_emb = by_class(net.embed(syn_aug(syn) if syn_aug else syn), num_classes)
+        real_emb = by_class((real_embed or embedding)(net, real_aug(real) if real_aug else real), num_classes)
+    syn_emb = by_class((syn_embed or embedding)(net, syn_aug(syn) if syn_aug else syn), num_classes)
     return mmd2(real_emb, syn_emb, kernel).sum()
 
 
-class M3DMatcher(Matcher):
-    def loss(self, net, real, syn, labels, real_aug, syn_aug):
-        return m3d_loss(net, real, syn, len(labels), self.config.kernel, real_aug, syn_aug)
+class M3DMatcher(DMMatcher):
+    def loss(self, net, real, syn, classes, embed):
+        return m3d_loss(net, real, syn, len(classes), self.config.kernel, real_embed=lambda n, x: embed("real", x),
+                        syn_embed=lambda n, x: embed("syn", x))
 
     def meta(self):
         return {"bandwidth_multipliers": list(BANDWIDTH_MULTIPLIERS)} if self.config.kernel == "gaussian" else {}
@@ -80,6 +85,10 @@ class M3DMatcher(Matcher):
 
 def condense_m3d(data: ImageDataset, config: M3DConfig = M3DConfig(), classes: Sequence[int] | None = None,
                  device: str | torch.device = "auto", checkpoint: str | os.PathLike | None = None,
-                 resume: bool = False, progress: bool = True) -> SyntheticSet:
+                 resume: bool = False, progress: bool = True, initial: torch.Tensor | None = None) -> SyntheticSet:
     """M3D: ``config.ipc`` images per class of ``classes`` (all by default) by minimising the kernel MMD."""
-    return condense_matching("m3d", M3DMatcher, data, config, classes, device, checkpoint, resume, progress)
+    return condense("m3d", M3DMatcher, data, config, classes, device, checkpoint, resume, progress, initial)
+
+
+register_method(Method("m3d", M3DConfig, condense_m3d, "DM with a Gaussian-kernel MMD: every moment of the "
+                       "embeddings matched", learns=True, per_class=True))
