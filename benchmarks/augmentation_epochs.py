@@ -18,7 +18,7 @@ from continual.config import cap_per_class
 from dm_core import TrainConfig, load_dataset, make_set, train_and_test
 
 WAYS = {"augmented, 100 epochs": TrainConfig(epochs=100),
-        "not augmented, 100 epochs": TrainConfig(epochs=100, augment=False),
+        "not augmented, 100 epochs": TrainConfig(epochs=100, augment="none"),
         "augmented, 300 epochs": TrainConfig(epochs=300),
         "augmented, 100 epochs, batch 64": TrainConfig(epochs=100, batch_size=64)}
 

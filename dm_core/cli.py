@@ -115,20 +115,22 @@ def evaluate(args: argparse.Namespace) -> dict | None:
     dataset = args.dataset or recorded
     if not dataset:
         raise DMError(f"{args.file} does not say which dataset it was made from: give --dataset")
-    config = TrainConfig(epochs=args.epochs, precision=args.precision, augment_groups=args.augment_groups,
-                         compile=args.compile)
+    config = TrainConfig(epochs=args.epochs, precision=args.precision, augment=args.augment,
+                         augment_groups=args.augment_groups, compile=args.compile)
     device = local_device(resolve_device(args.device))
     w = init_from_env(device)
     data = load_dataset(dataset, args.data_root)
     if recorded and data.name != recorded:
         raise DMError(f"{args.file} was made from {recorded}, not {data.name}: evaluate it on {recorded} (drop "
                       f"--dataset), or make a set from {data.name}")
+    config = config.resolve(data.name)
     result = evaluate_set(synset, data, args.model, args.repeats, config, args.seed, device, args.progress)
     if not w.is_main:
         return None
     return {"file": str(args.file), "dataset": data.name, "method": synset.meta.get("method"),
             "ipc": synset.meta.get("ipc"), "model": args.model, "epochs": args.epochs, "repeats": args.repeats,
-            "precision": args.precision, "augment_groups": args.augment_groups, "compile": args.compile,
+            "precision": args.precision, "augment": config.augment, "augment_groups": args.augment_groups,
+            "compile": args.compile,
             **result.as_dict(), "wall_seconds": round(time.perf_counter() - started, 3),
             **({"world_size": w.size} if w.sharded else {})}
 
@@ -208,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--epochs", type=shell.positive_int, default=1000)
     e.add_argument("--repeats", type=shell.positive_int, default=5, help="networks to train (the paper: 20)")
     e.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 (the reference's) or bf16 autocast")
+    e.add_argument("--augment", metavar="STRATEGY",
+                   help="training augmentation: ops joined by '_' (e.g. color_crop_cutout_scale_rotate) or none "
+                        "(default: the dataset's)")
     e.add_argument("--augment-groups", choices=GROUP_MODES, default="batch",
                    help="training augmentation: one op group per mini-batch (the reference's) or one per image")
     shell.add_common(e, seed_help="seed of the first network (network i uses seed + i)", compile=True)

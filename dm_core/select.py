@@ -95,7 +95,7 @@ def select_herding(data: ImageDataset, config: HerdingConfig = HerdingConfig(),
     classes = resolve_classes(data, classes, config.ipc)
     store = class_store(data, classes, device)
     train = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, precision=config.precision,
-                        compile=config.compile)
+                        compile=config.compile).resolve(data.name)
     net = train_model(fresh_model(config.model, data, config.seed, device), store.images, store.labels, train,
                       config.seed, device, progress)
     chosen = []

@@ -35,7 +35,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-4
     decay_epochs: int | None = None  # lr x 0.1 from this epoch on; None = epochs // 2
-    augment: bool = True  # DSA augmentation on every batch
+    augment: str | None = None  # DSA strategy of every batch; "none": off; None: the dataset's (``resolve``)
     augment_groups: str = "batch"  # one op group per mini-batch, per-sample parameters (reference); or "sample"
     iterations: int | None = None  # if set: exactly this many SGD steps (lr decay at half), epochs ignored
     precision: str = "fp32"  # or "bf16" (autocast), an explicit option
@@ -51,6 +51,18 @@ class TrainConfig:
         check_precision(self.precision)
         check_compile(self.compile)
         augment.DiffAugment.check_groups(self.augment_groups)
+        if self.augment is not None and self.augment != "none":
+            augment.parse_strategy(self.augment)
+
+    def resolve(self, dataset: str) -> "TrainConfig":
+        """This recipe with the dataset's augmentation strategy when it names none (docs/method.md section 3)."""
+        return self if self.augment is not None else replace(self, augment=augment.default_strategy(dataset))
+
+    @property
+    def strategy(self) -> str:
+        """The strategy in force ("none": no augmentation); None counts as the six-group default, so callers that
+        know the dataset ``resolve`` first."""
+        return self.augment if self.augment is not None else augment.DEFAULT_STRATEGY
 
     def schedule(self, num_samples: int) -> tuple[int, int, int]:
         """(steps per epoch, total steps, step at which the learning rate drops)."""
@@ -101,7 +113,8 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Trai
     x = x.to(device, memory_format=fmt)
     y = y.to(device)
     generator = make_generator(seed, device)
-    augment_batch = augment.DiffAugment(generator, groups=config.augment_groups)
+    augment_batch = (augment.DiffAugment(generator, config.strategy, config.augment_groups)
+                     if config.strategy != "none" else None)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     per_epoch, total, decay_at = config.schedule(len(x))
@@ -118,7 +131,7 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Trai
                 group["lr"] = config.lr * 0.1
         idx = order[within * config.batch_size:(within + 1) * config.batch_size]
         xb = x[idx]
-        if config.augment:
+        if augment_batch is not None:
             xb = augment_batch(xb)
         optimizer.zero_grad(set_to_none=True)
         try:
@@ -173,6 +186,7 @@ def train_and_test(x: torch.Tensor, y: torch.Tensor, data: ImageDataset, model: 
                    test_classes=None, progress: bool = False) -> float:
     """Train a fresh ``model`` on (x, y) and return its accuracy on ``data``'s test set."""
     device = resolve_device(device)
+    config = config.resolve(data.name)
     net = train_model(fresh_model(model, data, seed, device), x, y, config, seed, device, progress)
     return evaluate_accuracy(net, data.x_test, data.y_test, device, classes=test_classes, precision=config.precision)
 
@@ -219,6 +233,7 @@ def evaluate_set(synset: SyntheticSet, data: ImageDataset, model: str = "convnet
     """
     check_compatible(synset, data)
     device = resolve_device(device)
+    config = config.resolve(data.name)
     started = time.perf_counter()
     w = world()
     shard_blocks(repeats, w)  # refuses more processes than networks

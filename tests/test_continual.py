@@ -141,7 +141,7 @@ def test_model_is_reset_to_its_initial_values_before_each_step_and_trained_on_th
 def test_stream_accuracy_is_the_accuracy_on_seen_classes(cl):
     data = toy_data()
     memory = cl.CondensedMemory("random", ipc=4, seed=0)
-    plugin = cl.GDumbMemoryPlugin(memory, seed=0, train_config=TrainConfig(epochs=20, augment=False))
+    plugin = cl.GDumbMemoryPlugin(memory, seed=0, train_config=TrainConfig(epochs=20, augment="none"))
     strategy = make_strategy(cl, data, plugin)
     benchmark = cl.make_benchmark(data, cl.class_order(2, 6), steps=3)
     for t, experience in enumerate(benchmark.train_stream):

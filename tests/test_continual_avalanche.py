@@ -275,7 +275,7 @@ def test_reset_restores_every_parameter_and_buffer(cl, small_digits, own_trainer
                             "head.bias", "calls", "scratch", "norm.running_mean", "norm.running_var",
                             "norm.num_batches_tracked"}
     memory = cl.CondensedMemory("random", ipc=2, device="cpu")
-    config = TrainConfig(epochs=2, augment=False) if own_trainer else None
+    config = TrainConfig(epochs=2, augment="none") if own_trainer else None
     plugin = cl.GDumbMemoryPlugin(memory, seed=0, train_config=config, trainer=trainer if own_trainer else None)
     strategy = naive(model, [plugin, AtStart()], epochs=0 if own_trainer else 1)
     strategy.optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
