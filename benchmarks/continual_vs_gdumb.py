@@ -71,9 +71,9 @@ def run_gdumb(data, seed: int, args) -> list[float]:
 
 def run_continual_cli(data, seed: int, method: str, args, scratch: Path) -> list[float]:
     """``continual.run --memory METHOD`` for one class order: the CLI's own config, then its run_continual."""
+    from continual.experiment import run_continual
     from continual.results import read_results
     from continual.run import config_from_args, parser
-    from continual.experiment import run_continual
 
     argv = ["--dataset", "mnist", "--steps", str(STEPS), "--memory", method, "--ipc", str(IPC), "--seeds", str(seed),
             "--runs", "1", "--epochs", str(args.epochs), "--iterations", str(args.iterations), "--model", args.model,

@@ -45,8 +45,20 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dm_core import (DMConfig, DSAConfig, ImageDataset, TrainConfig, augment, build_model, condense_dm,  # noqa: E402
-                     condense_dsa, evaluate_accuracy, reinit_, resolve_device, train_model)
+from dm_core import (  # noqa: E402
+    DMConfig,
+    DSAConfig,
+    ImageDataset,
+    TrainConfig,
+    augment,
+    build_model,
+    condense_dm,
+    condense_dsa,
+    evaluate_accuracy,
+    reinit_,
+    resolve_device,
+    train_model,
+)
 from dm_core.device import make_generator  # noqa: E402
 from dm_core.precision import precision_scope  # noqa: E402
 

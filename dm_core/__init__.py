@@ -5,7 +5,7 @@ decomposed DM, every one of which learns its images in the one engine (``dm_core
 (``list_models()``): the ConvNet family of the 720-architecture NAS space and AlexNet, VGG-11 and ResNet-18.
 Needs only torch, torchvision, numpy and tqdm, so it runs wherever torch runs.
 """
-from importlib.metadata import PackageNotFoundError, version
+__version__ = "0.2.0"  # the one place the version is written (pyproject.toml reads it)
 
 # Importing a method's module registers it: the paper's baselines, then DM, DSA and DM's successors (this order is
 # the order of ``list_methods()``, the CLI's choices and the docs' tables).
@@ -26,14 +26,10 @@ from .registry import Method, get_method, list_methods, register_method
 from .synset import SyntheticSet
 from .train import EvalResult, TrainConfig, evaluate_accuracy, evaluate_set, train_and_test, train_model
 
-try:
-    __version__ = version("dm-toolkit")
-except PackageNotFoundError:  # a source tree that was never installed
-    __version__ = "0+source"
-
 __all__ = [
     "DATASETS", "ClassStore", "ConvNetSpec", "DDMConfig", "DMConfig", "DMError", "DSAConfig", "DataDAMConfig",
-    "DiffAugment", "EvalResult", "HerdingConfig", "IDMConfig", "ImageDataset", "LearnConfig", "M3DConfig", "Matcher", "MatchingConfig",
+    "DiffAugment", "EvalResult", "HerdingConfig", "IDMConfig", "ImageDataset", "LearnConfig", "M3DConfig", "Matcher",
+    "MatchingConfig",
     "Method", "RandomConfig", "SyntheticSet", "TrainConfig", "atomic_torch_save", "atomic_write_bytes",
     "atomic_write_text", "build_model", "condense", "condense_datadam", "condense_ddm", "condense_dm", "condense_dsa",
     "condense_idm", "condense_m3d", "data_root", "evaluate_accuracy", "evaluate_set", "get_method", "list_methods",

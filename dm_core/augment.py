@@ -55,7 +55,7 @@ class AugmentParams:
     op: torch.Tensor  # (G,) long
     u: torch.Tensor  # (G, 11) float in [0, 1)
 
-    def take(self, groups: torch.Tensor | slice) -> "AugmentParams":
+    def take(self, groups: torch.Tensor | slice) -> AugmentParams:
         return AugmentParams(self.op[groups], self.u[groups])
 
 

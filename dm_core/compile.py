@@ -21,9 +21,9 @@ from __future__ import annotations
 import shutil
 import sys
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FunctionType
-from typing import Callable
 
 import torch
 from torch import nn
@@ -137,4 +137,5 @@ def give_up(key: tuple, exc: BaseException, mode: str) -> None:
                       f"use compile off") from exc
     if not _UNAVAILABLE:
         _UNAVAILABLE.append(f"an earlier compile failed ({type(exc).__name__})")
-        warnings.warn(f"torch.compile failed ({type(exc).__name__}); continuing without compiling", RuntimeWarning)
+        warnings.warn(f"torch.compile failed ({type(exc).__name__}); continuing without compiling", RuntimeWarning,
+                      stacklevel=3)

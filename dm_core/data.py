@@ -7,9 +7,9 @@ DataLoader runs in a hot loop.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -56,7 +56,7 @@ class ImageDataset:
     def class_counts(self) -> torch.Tensor:
         return torch.bincount(self.y_train, minlength=self.num_classes)
 
-    def subset(self, train_indices: torch.Tensor | Sequence[int]) -> "ImageDataset":
+    def subset(self, train_indices: torch.Tensor | Sequence[int]) -> ImageDataset:
         """The same dataset with only these training images (the test set is kept)."""
         idx = torch.as_tensor(train_indices, dtype=torch.long)
         return replace(self, x_train=self.x_train[idx], y_train=self.y_train[idx])
@@ -90,7 +90,7 @@ def resolve_classes(data: ImageDataset, classes: Sequence[int] | None, ipc: int)
     return classes
 
 
-def class_store(data: ImageDataset, classes: list[int], device: torch.device) -> "ClassStore":
+def class_store(data: ImageDataset, classes: list[int], device: torch.device) -> ClassStore:
     """A ``ClassStore`` of only these classes' training images (a continual step condenses its new classes only)."""
     keep = torch.isin(data.y_train, torch.as_tensor(classes))
     return ClassStore(data.x_train[keep], data.y_train[keep], data.num_classes, device)
@@ -195,7 +195,11 @@ def _load_digits() -> ImageDataset:
 
     Every fifth image is a test image (360 test, 1,437 train), a fixed split.
     """
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DMError("the digits dataset comes with scikit-learn: pip install scikit-learn (or the toolkit's "
+                      "[digits] extra)") from None
 
     digits = load_digits()
     x = torch.as_tensor(digits.images * (255 / 16)).round().to(torch.uint8)
@@ -324,7 +328,7 @@ class ClassStore:
         self._offsets = self.offsets.to(self.device)
 
     @classmethod
-    def from_dataset(cls, data: ImageDataset, device: torch.device | str = "cpu") -> "ClassStore":
+    def from_dataset(cls, data: ImageDataset, device: torch.device | str = "cpu") -> ClassStore:
         return cls(data.x_train, data.y_train, data.num_classes, device)
 
     def class_images(self, c: int) -> torch.Tensor:

@@ -149,4 +149,5 @@ def _collective(op, *args) -> None:
         op(*args)
     except Exception as exc:  # another rank died or timed out: gloo / NCCL raise RuntimeError or DistBackendError
         raise DMError(f"a process of the group failed or stopped answering ({type(exc).__name__}); no result was "
-                      f"written: rerun the same command (a condensation resumes from its per-rank checkpoints)") from None
+                      f"written: rerun the same command (a condensation resumes from its per-rank "
+                      f"checkpoints)") from None

@@ -9,8 +9,8 @@ through the network in one no-grad pass and its synthetic images in a second.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

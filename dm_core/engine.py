@@ -30,10 +30,11 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -95,7 +96,7 @@ class LearnConfig:
     def default_lr_img(self, data: ImageDataset) -> float:
         raise NotImplementedError
 
-    def resolve(self, data: ImageDataset) -> "LearnConfig":
+    def resolve(self, data: ImageDataset) -> LearnConfig:
         """This configuration with every None default replaced by the value used for ``data``."""
         return replace(self, lr_img=self.lr_img if self.lr_img is not None else self.default_lr_img(data),
                        augment=self.augment if self.augment is not None else augment.default_strategy(data.name))
@@ -476,6 +477,11 @@ def condense(method: str, matcher_type: type[Matcher], data: ImageDataset, confi
         return (method, side, architecture_key(matcher.net), (k * count, *shape), device.type, config.precision,
                 str(fmt))
 
+    def compiled_embed(net, k: int):
+        """``embed(side, x)`` through the compiled graphs of a chunk of ``k`` classes."""
+        graphs = {side: compiled(embedding, embed_key(side, k)) for side in ("real", "syn")}
+        return lambda side, x: graphs[side](net, x)
+
     def embed_keys(chunk: int) -> list[tuple]:
         """One compiled graph per pass: real and synthetic passes of a full chunk and of a short last one."""
         return [embed_key(side, k) for k in sorted({chunk, len(mine) % chunk} - {0}) for side in ("real", "syn")]
@@ -498,11 +504,7 @@ def condense(method: str, matcher_type: type[Matcher], data: ImageDataset, confi
                     real = augment.apply_runs(real, p, n_real)
                 syn = augment.apply_runs(syn, p, per_class)
             real, syn = real.contiguous(memory_format=fmt), syn.contiguous(memory_format=fmt)
-            if compiling:
-                keys = {"real": embed_key("real", k), "syn": embed_key("syn", k)}
-                embed = lambda side, x: compiled(embedding, keys[side])(net, x)  # noqa: E731
-            else:
-                embed = lambda side, x: embedding(net, x)  # noqa: E731
+            embed = compiled_embed(net, k) if compiling else (lambda side, x, net=net: embedding(net, x))
             with precision_scope(device, config.precision):
                 loss = matcher.loss(net, real, syn, run.class_index[rows], embed)
             loss.backward()  # chunks accumulate their (independent) gradients; one optimiser step follows

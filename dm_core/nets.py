@@ -6,8 +6,8 @@ evaluation. Every network exposes ``embed(x)``: the flattened input of its class
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -78,11 +78,12 @@ class ConvNetSpec:
         return f"convnet-d{self.depth}-w{self.width}-{self.act}-{self.norm}-{self.pool}"
 
     @classmethod
-    def parse(cls, name: str) -> "ConvNetSpec":
+    def parse(cls, name: str) -> ConvNetSpec:
         """``convnet``, ``convnetbn``, ``convnet-d4``, ``convnet-w64-sigmoid-maxpool``, or a full ``spec.name``."""
         head, *tokens = name.lower().split("-")
         aliases = {"convnet": {}, "convnetbn": {"norm": "batchnorm"}, "convnetin": {"norm": "instancenorm"},
-                   "convnetln": {"norm": "layernorm"}, "convnetgn": {"norm": "groupnorm"}, "convnetnn": {"norm": "none"}}
+                   "convnetln": {"norm": "layernorm"}, "convnetgn": {"norm": "groupnorm"},
+                   "convnetnn": {"norm": "none"}}
         if head not in aliases:
             raise DMError(f"not a ConvNet name: {name!r}")
         fields = dict(aliases[head])

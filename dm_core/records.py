@@ -20,9 +20,9 @@ import csv
 import io
 import math
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
 
 from .errors import DMError
 from .io import atomic_write_text, file_lock

@@ -5,8 +5,8 @@ Both pick real images, so they take no checkpoint; under torch.distributed every
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 

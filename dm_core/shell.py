@@ -17,7 +17,7 @@ import ast
 import json
 import re
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import DMError
 from .signals import Terminated, sigterm_as_interrupt

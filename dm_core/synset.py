@@ -4,9 +4,9 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -17,12 +17,9 @@ FORMAT = "dm_core.synthetic_set/1"
 
 
 def package_version() -> str:
-    try:
-        from importlib.metadata import version
+    from . import __version__
 
-        return version("dm-toolkit")
-    except Exception:  # running from a source tree that was never installed
-        return "0+source"
+    return __version__
 
 
 @dataclass
@@ -49,12 +46,12 @@ class SyntheticSet:
     def classes(self) -> list[int]:
         return sorted(set(self.labels.tolist()))
 
-    def select_classes(self, classes: Sequence[int]) -> "SyntheticSet":
+    def select_classes(self, classes: Sequence[int]) -> SyntheticSet:
         keep = torch.isin(self.labels, torch.as_tensor(list(classes), dtype=torch.long))
         return SyntheticSet(self.images[keep], self.labels[keep], dict(self.meta))
 
     @staticmethod
-    def concat(sets: Sequence["SyntheticSet"], meta: dict | None = None) -> "SyntheticSet":
+    def concat(sets: Sequence[SyntheticSet], meta: dict | None = None) -> SyntheticSet:
         if not sets:
             raise DMError("nothing to concatenate: no synthetic sets given")
         return SyntheticSet(torch.cat([s.images for s in sets]), torch.cat([s.labels for s in sets]),
@@ -74,8 +71,9 @@ class SyntheticSet:
                 "labels": self.labels.detach().cpu().long(), "meta": _plain(self.meta)}
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "SyntheticSet":
-        """Read a file written by ``save``, or by the original DM code (a dict whose 'data' holds [[images, labels]])."""
+    def load(cls, path: str | os.PathLike) -> SyntheticSet:
+        """Read a file written by ``save``, or by the original DM code (a dict whose 'data' holds
+        [[images, labels]])."""
         path = Path(path)
         if not path.is_file():
             raise DMError(f"no synthetic-set file at {path}")
@@ -94,7 +92,7 @@ class SyntheticSet:
                       f"format {{'data': [[images, labels]]}})")
 
     @classmethod
-    def checked(cls, path: Path, images, labels, meta) -> "SyntheticSet":
+    def checked(cls, path: Path, images, labels, meta) -> SyntheticSet:
         """A set read from ``path``, refused with one line when any part is missing or unusable."""
         if not torch.is_tensor(images) or not images.is_floating_point() or images.dim() != 4:
             raise DMError(f"{path} holds no N x C x H x W float 'images' tensor: it is not a usable synthetic set")

@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +54,7 @@ class TrainConfig:
         if self.augment is not None and self.augment != "none":
             augment.parse_strategy(self.augment)
 
-    def resolve(self, dataset: str) -> "TrainConfig":
+    def resolve(self, dataset: str) -> TrainConfig:
         """This recipe with the dataset's augmentation strategy when it names none (docs/method.md section 3)."""
         return self if self.augment is not None else replace(self, augment=augment.default_strategy(dataset))
 

@@ -33,6 +33,7 @@ def assert_one_line_error(proc, pattern):
     assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
+@pytest.mark.slow
 def test_condense_then_evaluate(tmp_path):
     out = tmp_path / "dm.pt"
     proc = cli("condense", "--dataset", "digits", "--method", "dm", "--ipc", "1", "--iterations", "4",

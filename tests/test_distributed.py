@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # every test launches torchrun
+
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_DM = ["condense", "--dataset", "digits", "--method", "dm", "--ipc", "2", "--iterations", "12", "--batch-real",
             "16", "--model", "convnet-w16", "--device", "cpu", "--no-progress"]

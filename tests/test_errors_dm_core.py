@@ -269,6 +269,7 @@ def run_and_interrupt(argv: list[str], cwd: Path, after: str = "it/s", signum: i
     return subprocess.CompletedProcess(argv, proc.returncode, out.decode(), seen.decode(errors="replace"))
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_the_same_command_continues_bit_identically(tmp_path):
     argv = ["condense", "--dataset", "digits", "--method", "dm", "--ipc", "1", "--iterations", "1500",
             "--batch-real", "4", "--model", "convnet-d1-w8", "--device", "cpu", "--out", "s.pt"]
@@ -292,6 +293,7 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_continues_bit_identicall
     assert json.loads(resumed.stdout.strip().splitlines()[-1])["images"] == 10
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_evaluate_says_nothing_was_saved(tmp_path):
     setfile = tmp_path / "r.pt"
     subprocess.run([sys.executable, "-m", "dm_core", "condense", "--dataset", "digits", "--method", "random",
@@ -307,6 +309,7 @@ def test_ctrl_c_in_evaluate_says_nothing_was_saved(tmp_path):
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
 def test_sigterm_ends_with_one_line_and_keeps_the_checkpoint(tmp_path):
     """A cancelled job (SIGTERM, as scancel or kill send) says so in one ``stopped by SIGTERM:`` line, writes no
     set, and the periodic checkpoint continues the run."""

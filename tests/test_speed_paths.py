@@ -175,8 +175,10 @@ def test_the_compile_flag_reaches_dm_herding_and_evaluate(mode, tmp_path, monkey
 
 # compiled = eager, up to rounding -----------------------------------------------------------------------------------
 
-needs_compiler = pytest.mark.skipif(dm_compile.unavailable_reason(CPU) is not None,
-                                    reason="torch.compile cannot run here")
+def needs_compiler(test):
+    """A test that compiles: slow (tens of seconds of compiling), and only where torch.compile can run."""
+    skip = pytest.mark.skipif(dm_compile.unavailable_reason(CPU) is not None, reason="torch.compile cannot run here")
+    return pytest.mark.slow(skip(test))
 
 
 @needs_compiler

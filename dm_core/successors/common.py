@@ -1,7 +1,7 @@
 """What DM's successors share beyond the engine: reading intermediate feature maps, and grouping by class."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn

@@ -10,8 +10,8 @@ and the final embedding is matched as in DM (the L_MMD term, weight lambda):
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -15,8 +15,8 @@ step on the images; then draw ``train_models`` networks and train each ``train_s
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F

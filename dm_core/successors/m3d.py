@@ -12,8 +12,8 @@ the mean squared distance between the pooled embeddings of the class (not differ
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
