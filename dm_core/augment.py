@@ -34,7 +34,7 @@ DIGIT_DATASETS = ("mnist", "svhn", "digits")
 def default_strategy(dataset: str) -> str:
     """The strategy of a dataset (docs/method.md section 3): digits are never flipped; everything else takes the
     six groups."""
-    return DEFAULT_STRATEGY  # ISSUE20: DIGITS_STRATEGY if dataset in DIGIT_DATASETS
+    return DIGITS_STRATEGY if dataset in DIGIT_DATASETS else DEFAULT_STRATEGY
 
 # Parameters of the paper's augmentation (PROTOCOL.md section 3).
 BRIGHTNESS = 1.0
@@ -227,8 +227,9 @@ def apply_op(x: torch.Tensor, op: str, u: torch.Tensor) -> torch.Tensor:
 def _cutout_hole(u: torch.Tensor, height: int, width: int, dtype: torch.dtype) -> torch.Tensor:
     """(N, 1, H, W) masks, 1 inside a square of half the image size centred at a random pixel of each sample."""
     size_h, size_w = int(height * CUTOUT_FRACTION + 0.5), int(width * CUTOUT_FRACTION + 0.5)
-    top = (u[:, 5] * height).floor() - size_h // 2
-    left = (u[:, 6] * width).floor() - size_w // 2
+    # the centre ranges over 0..size inclusive for an even hole (0..size - 1 for an odd one), as in the reference
+    top = (u[:, 5] * (height + 1 - size_h % 2)).floor() - size_h // 2
+    left = (u[:, 6] * (width + 1 - size_w % 2)).floor() - size_w // 2
     rows = torch.arange(height, device=u.device, dtype=u.dtype)
     cols = torch.arange(width, device=u.device, dtype=u.dtype)
     in_rows = (rows >= top[:, None]) & (rows < top[:, None] + size_h)

@@ -14,7 +14,7 @@ from .distributed import gather_objects, init_from_env, local_device, rank_check
 from .engine import Interrupted, discard_checkpoint
 from .errors import DMError
 from .io import check_writable
-from .nets import list_models
+from .nets import default_model, list_models
 from .precision import PRECISIONS
 from .registry import get_method, list_methods, methods_supporting
 from .signals import Terminated
@@ -124,11 +124,12 @@ def evaluate(args: argparse.Namespace) -> dict | None:
         raise DMError(f"{args.file} was made from {recorded}, not {data.name}: evaluate it on {recorded} (drop "
                       f"--dataset), or make a set from {data.name}")
     config = config.resolve(data.name)
-    result = evaluate_set(synset, data, args.model, args.repeats, config, args.seed, device, args.progress)
+    model = args.model or default_model(data.image_size)
+    result = evaluate_set(synset, data, model, args.repeats, config, args.seed, device, args.progress)
     if not w.is_main:
         return None
     return {"file": str(args.file), "dataset": data.name, "method": synset.meta.get("method"),
-            "ipc": synset.meta.get("ipc"), "model": args.model, "epochs": args.epochs, "repeats": args.repeats,
+            "ipc": synset.meta.get("ipc"), "model": model, "epochs": args.epochs, "repeats": args.repeats,
             "precision": args.precision, "augment": config.augment, "augment_groups": args.augment_groups,
             "compile": args.compile,
             **result.as_dict(), "wall_seconds": round(time.perf_counter() - started, 3),
@@ -206,7 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("file", type=Path, metavar="FILE", help="a set file written by condense")
     e.add_argument("--dataset", help="the dataset to test on (default: the one the set was made from)")
     e.add_argument("--data-root", help="folder of the datasets (default: $DM_DATA_ROOT, else ./data)")
-    e.add_argument("--model", default="convnet", help="the network to train")
+    e.add_argument("--model", help="the network to train (default: the ConvNet of the image size, as the set's "
+                                   "condensation used by default)")
     e.add_argument("--epochs", type=shell.positive_int, default=1000)
     e.add_argument("--repeats", type=shell.positive_int, default=5, help="networks to train (the paper: 20)")
     e.add_argument("--precision", choices=PRECISIONS, default="fp32", help="fp32 (the reference's) or bf16 autocast")

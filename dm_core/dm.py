@@ -30,7 +30,8 @@ class MatchingConfig(LearnConfig):
     """The settings of DM and of the successors built on its iteration: the engine's (``LearnConfig``) and
     ``factor``.
 
-    ``lr_img`` None: 1 below 100 images per class; from 100 on 10 (CIFAR-10's), except CIFAR-100, which keeps 1.
+    ``iterations`` None: 20,000, or 10,000 for 64x64 images (TinyImageNet). ``lr_img`` None: 1 below 100 images
+    per class; from 100 on 10 (CIFAR-10's), except CIFAR-100, which keeps 1 (docs/method.md section 1).
     ``factor`` > 1 stores each image as a factor x factor mosaic of smaller ones, expanded before matching (IDM's
     partition and expansion); the set then holds ipc * factor**2 images per class.
     """
@@ -40,6 +41,9 @@ class MatchingConfig(LearnConfig):
     def __post_init__(self):
         super().__post_init__()
         check_int("factor", self.factor)
+
+    def default_iterations(self, data: ImageDataset) -> int:
+        return 10_000 if min(data.image_size) >= 64 else 20_000
 
     def default_lr_img(self, data: ImageDataset) -> float:
         if self.ipc < 100:

@@ -47,7 +47,7 @@ class DSAConfig(LearnConfig):
     """DSA's settings: the engine's with DSA's defaults, and its network training. ``outer_loop`` / ``inner_loop``
     None take the schedule of the ipc (``default_loops``)."""
 
-    iterations: int = 1000
+    iterations: int | None = 1000
     lr_img: float | None = 0.1
     checkpoint_every: int = 50
     log_every: int = 10
@@ -69,6 +69,9 @@ class DSAConfig(LearnConfig):
 
     def default_lr_img(self, data: ImageDataset) -> float:
         return 0.1
+
+    def default_iterations(self, data: ImageDataset) -> int:
+        return 1000
 
     def loops(self, dataset: str | None = None) -> tuple[int, int]:
         outer, inner = default_loops(self.ipc, dataset)

@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +47,13 @@ from .device import make_generator, resolve_device
 from .distributed import World, all_sum, gather_rows, rank_checkpoint, shard_blocks, world
 from .errors import DMError
 from .io import atomic_torch_save
-from .nets import build_model, has_batchnorm, reinit_
+from .nets import build_model, default_model, has_batchnorm, reinit_
 from .precision import check_precision, precision_scope
 from .synset import SyntheticSet, made_set
 from .validate import check_choice, check_int, check_number
 
-CHECKPOINT_FORMAT = "dm_core.checkpoint/1"
+CHECKPOINT_FORMAT = "dm_core.checkpoint/2"
+OLDER_CHECKPOINTS = ("dm_core.checkpoint/1",)  # read through ``_upgrade``
 INITS = ("real", "noise")
 CPU_IMAGES_PER_PASS = 128
 
@@ -61,16 +62,18 @@ CPU_IMAGES_PER_PASS = 128
 class LearnConfig:
     """The settings every method that learns images shares (the loop's). Methods subclass it.
 
-    ``lr_img`` None and ``augment`` None take the method's and the dataset's defaults (``resolve``); the set's
-    provenance records the values used.
+    Fields that are None take a default that depends on the dataset (``resolve``): ``iterations`` (the method's,
+    ``default_iterations``), ``lr_img`` (``default_lr_img``), ``model`` (the ConvNet of the image size,
+    ``nets.default_model``) and ``augment`` (the dataset's strategy). The set's provenance records the values used
+    and, under ``defaults_used``, which of them were defaults.
     """
 
     ipc: int = 10
     seed: int = 0
-    iterations: int = 20_000
+    iterations: int | None = None
     lr_img: float | None = None
     batch_real: int = 256  # real images per class per iteration
-    model: str = "convnet"
+    model: str | None = None
     init: str = "real"  # or "noise" (standard normal)
     augment: str | None = None  # a DSA strategy ("color_crop_..."), "none", or None: the dataset's
     class_chunk: int | None = None  # classes per forward pass; None: auto (``auto_class_chunk``)
@@ -80,7 +83,8 @@ class LearnConfig:
 
     def __post_init__(self):
         check_int("ipc", self.ipc)
-        check_int("iterations", self.iterations, 0)
+        if self.iterations is not None:
+            check_int("iterations", self.iterations, 0)
         check_int("batch_real", self.batch_real)
         check_int("checkpoint_every", self.checkpoint_every)
         check_int("log_every", self.log_every)
@@ -96,10 +100,19 @@ class LearnConfig:
     def default_lr_img(self, data: ImageDataset) -> float:
         raise NotImplementedError
 
+    def default_iterations(self, data: ImageDataset) -> int:
+        raise NotImplementedError
+
     def resolve(self, data: ImageDataset) -> LearnConfig:
         """This configuration with every None default replaced by the value used for ``data``."""
-        return replace(self, lr_img=self.lr_img if self.lr_img is not None else self.default_lr_img(data),
-                       augment=self.augment if self.augment is not None else augment.default_strategy(data.name))
+        return replace(self, **self.defaults_for(data))
+
+    def defaults_for(self, data: ImageDataset) -> dict:
+        """{field: value} of the fields left None, with the values ``data`` gives them."""
+        defaults = {"iterations": lambda: self.default_iterations(data), "lr_img": lambda: self.default_lr_img(data),
+                    "model": lambda: default_model(data.image_size),
+                    "augment": lambda: augment.default_strategy(data.name)}
+        return {name: value() for name, value in defaults.items() if getattr(self, name) is None}
 
 
 def auto_class_chunk(device: torch.device, num_classes: int, real_per_class: int, batchnorm: bool = False) -> int:
@@ -178,9 +191,10 @@ class Checkpointer:
     matcher's own state (``extra``: IDM's model queue) and the seconds spent so far.
     """
 
-    def __init__(self, path: str | os.PathLike | None, identity: dict):
+    def __init__(self, path: str | os.PathLike | None, identity: dict, field_defaults: dict | None = None):
         self.path = Path(path) if path else None
         self.identity = identity
+        self.field_defaults = field_defaults or {}  # the configuration class's defaults (for older identities)
 
     def load(self) -> dict | None:
         if self.path is None or not self.path.is_file():
@@ -190,14 +204,27 @@ class Checkpointer:
         except Exception as exc:
             raise DMError(f"checkpoint {self.path} is unreadable ({type(exc).__name__}): delete it to start "
                           f"over") from None
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT \
+        if not isinstance(state, dict) or state.get("format") not in (CHECKPOINT_FORMAT, *OLDER_CHECKPOINTS) \
                 or not isinstance(state.get("identity"), dict):
             raise DMError(f"{self.path} is not a dm_core checkpoint: delete it or choose another checkpoint path")
+        if state["format"] != CHECKPOINT_FORMAT:
+            state["identity"] = self._upgrade(state["identity"])
         changed = _differences(state["identity"], self.identity)
         if changed:
             raise DMError(f"checkpoint {self.path} belongs to another run ({'; '.join(changed[:4])}): use the "
                           f"same settings to continue it, or restart to start over")
         return state
+
+    def _upgrade(self, old: dict) -> dict:
+        """A version-1 identity (written before defaults were resolved into it) in today's terms: a field it lacks
+        had its default, and ``lr_img`` None meant 1 below 100 images per class and 10 from 100 on."""
+        config = dict(old.get("config") or {})
+        for name, value in (self.identity.get("config") or {}).items():
+            if name not in config and value == self.field_defaults.get(name, value):
+                config[name] = value
+        if config.get("lr_img", 0) is None and "ipc" in config:
+            config["lr_img"] = 1.0 if config["ipc"] < 100 else 10.0
+        return {**old, "config": config, "initial": old.get("initial")}
 
     def save(self, iteration: int, images: torch.Tensor, optimizer: torch.optim.Optimizer,
              generator: torch.Generator, history: list, extra: dict, seconds: list[float]) -> None:
@@ -257,7 +284,7 @@ class Condensation:
         fields_ = {k: v for k, v in asdict(config).items() if k not in VOLATILE}
         identity = {"method": method, "config": fields_, "classes": self.classes, "dataset": data.name,
                     "initial": _digest(initial)}
-        self.checkpointer = Checkpointer(checkpoint, identity)
+        self.checkpointer = Checkpointer(checkpoint, identity, {f.name: f.default for f in fields(config)})
         images = self._initial_images(initial)
         self.images = images.to(memory_format=condense_memory_format(device, config.precision)).requires_grad_(True)
         self.optimizer = torch.optim.SGD([self.images], lr=config.lr_img, momentum=0.5)
@@ -438,6 +465,7 @@ def condense(method: str, matcher_type: type[Matcher], data: ImageDataset, confi
     ``config.init`` (ipc per class, grouped by class in the order of ``classes``).
     """
     device = resolve_device(device)
+    defaults_used = config.defaults_for(data)
     config = config.resolve(data)
     w = world()
     factor = getattr(config, "factor", 1)
@@ -553,8 +581,8 @@ def condense(method: str, matcher_type: type[Matcher], data: ImageDataset, confi
     bar.close()
     run.sync_images()  # every rank ends with the whole set
     images = partition_expand(run.images.detach(), factor)  # the set holds what the papers train on
-    meta = {**asdict(config), "device": str(device), "loss_history": run.history, "batch_real_used": n_real,
-            "images_per_class": per_class, "world_size": w.size, **matcher.meta()}
+    meta = {**asdict(config), "defaults_used": defaults_used, "device": str(device), "loss_history": run.history,
+            "batch_real_used": n_real, "images_per_class": per_class, "world_size": w.size, **matcher.meta()}
     return made_set(data, images, run.classes, method, run.elapsed(), **meta)
 
 

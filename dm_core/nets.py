@@ -181,41 +181,73 @@ class VGG11(FeatureClassifier):
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, cin: int, cout: int, stride: int, norm: str, size: int, avg_pool_down: bool):
+    """ResNet-18's block: conv 3x3 (stride) -> norm -> ReLU -> conv 3x3 -> norm, plus a shortcut (1x1 conv with the
+    stride -> norm where the shape changes), then ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int, norm: str, size: int):
         super().__init__()
         out = size // stride
-        # The "AP" variant used for learning replaces a stride-2 conv by a stride-1 conv followed by 2x2 avg-pooling.
-        down = [nn.AvgPool2d(2)] if (avg_pool_down and stride == 2) else []
-        conv_stride = 1 if avg_pool_down else stride
         self.body = nn.Sequential(
-            nn.Conv2d(cin, cout, 3, stride=conv_stride, padding=1, bias=False), *down, make_norm(norm, cout, out, out),
+            nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), make_norm(norm, cout, out, out),
             nn.ReLU(inplace=True),
             nn.Conv2d(cout, cout, 3, padding=1, bias=False), make_norm(norm, cout, out, out),
         )
         self.shortcut = nn.Identity()
         if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride=conv_stride, bias=False), *down, make_norm(norm, cout, out, out))
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False),
+                                          make_norm(norm, cout, out, out))
 
     def forward(self, x):
         return torch.relu(self.body(x) + self.shortcut(x))
 
 
+class BasicBlockAP(nn.Module):
+    """The block of the ResNet DM learns with (the reference's ResNet18BN_AP, docs/method.md section 2): every conv
+    has stride 1 and downsampling is 2x2 average pooling, in the body after the first conv's norm and ReLU, in the
+    shortcut after its 1x1 conv and before its norm."""
+
+    def __init__(self, cin: int, cout: int, stride: int, norm: str, size: int):
+        super().__init__()
+        out = size // stride
+        down = [nn.AvgPool2d(2)] if stride == 2 else []
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False), make_norm(norm, cout, size, size), nn.ReLU(inplace=True),
+            *down,
+            nn.Conv2d(cout, cout, 3, padding=1, bias=False), make_norm(norm, cout, out, out),
+        )
+        self.shortcut = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False), *down,
+                                          make_norm(norm, cout, out, out))
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+RESNET18_PLAN = ((64, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1))
+
+
 class ResNet18(FeatureClassifier):
+    """ResNet-18 for small images (a 3x3 stem, no max-pooling). ``avg_pool_down``: the "AP" variant DM learns with,
+    whose embedding is the flattened last map (512 x 4 x 4 on 32x32 inputs: no global pooling); otherwise global
+    average pooling to 512 features, as in the cross-architecture evaluation."""
+
     def __init__(self, channels: int, num_classes: int, image_size: tuple[int, int], norm: str = "instancenorm",
                  avg_pool_down: bool = False):
         super().__init__()
         size = image_size[0]
         layers: list[nn.Module] = [nn.Conv2d(channels, 64, 3, padding=1, bias=False), make_norm(norm, 64, size, size),
                                    nn.ReLU(inplace=True)]
-        cin = 64
-        for cout, stride in ((64, 1), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1)):
-            layers.append(BasicBlock(cin, cout, stride, norm, size, avg_pool_down))
+        block, cin = (BasicBlockAP if avg_pool_down else BasicBlock), 64
+        for cout, stride in RESNET18_PLAN:
+            layers.append(block(cin, cout, stride, norm, size))
             cin, size = cout, size // stride
-        layers += [nn.AdaptiveAvgPool2d(1)]
+        if not avg_pool_down:
+            layers.append(nn.AdaptiveAvgPool2d(1))
+            size = 1
         self.features = nn.Sequential(*layers)
-        self.feature_dim = 512
-        self.classifier = nn.Linear(512, num_classes)
+        self.feature_dim = 512 * size * size
+        self.classifier = nn.Linear(self.feature_dim, num_classes)
 
 
 @dataclass(frozen=True)
@@ -297,6 +329,11 @@ def build_model(model: str | ConvNetSpec | tuple, channels: int, num_classes: in
 def check_model_name(model) -> None:
     """Fail early (no data needed) on a model ``build_model`` cannot read."""
     _entry(model)
+
+
+def default_model(image_size: tuple[int, int]) -> str:
+    """The ConvNet of an image size (docs/method.md section 2): depth 3, depth 4 from 64x64 on (TinyImageNet)."""
+    return "convnet-d4" if min(image_size) >= 64 else "convnet"
 
 
 def has_batchnorm(model: nn.Module) -> bool:

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from .compile import check_compile
 from .data import ImageDataset, class_store, resolve_classes
 from .device import make_generator, resolve_device
+from .nets import default_model
 from .precision import check_precision, precision_scope
 from .registry import Method, register_method
 from .synset import SyntheticSet, made_set
@@ -36,7 +37,7 @@ class HerdingConfig:
 
     ipc: int = 10
     seed: int = 0
-    model: str = "convnet"
+    model: str | None = None  # None: the ConvNet of the image size
     epochs: int = 30
     batch_size: int = 256
     precision: str = "fp32"
@@ -92,6 +93,8 @@ def select_herding(data: ImageDataset, config: HerdingConfig = HerdingConfig(),
     """Herding on the features of a network trained on the given classes' images only (``HerdingConfig``)."""
     started = time.perf_counter()
     device = resolve_device(device)
+    if config.model is None:
+        config = replace(config, model=default_model(data.image_size))
     classes = resolve_classes(data, classes, config.ipc)
     store = class_store(data, classes, device)
     train = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, precision=config.precision,

@@ -22,19 +22,26 @@ from .data import ImageDataset
 from .device import make_generator, resolve_device
 from .distributed import gather_objects, shard_blocks, world
 from .errors import DMError
-from .nets import build_model, reinit_
+from .nets import build_model, default_model, reinit_
 from .precision import check_precision, memory_format, precision_scope
 from .synset import SyntheticSet
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """The recipe of training from scratch (docs/method.md section 4).
+
+    ``epochs`` E follows the reference code's loop: passes 0..E (E + 1 in all), the learning rate x 0.1 after pass
+    E // 2 + 1, with a fresh optimiser (its momentum restarts). With ``iterations`` N instead: exactly N SGD steps,
+    the same drop (fresh optimiser) at step N // 2.
+    """
+
     epochs: int = 1000
     batch_size: int = 256
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    decay_epochs: int | None = None  # lr x 0.1 from this epoch on; None = epochs // 2
+    decay_epochs: int | None = None  # passes at the full learning rate; None: epochs // 2 + 2 (the reference's)
     augment: str | None = None  # DSA strategy of every batch; "none": off; None: the dataset's (``resolve``)
     augment_groups: str = "batch"  # one op group per mini-batch, per-sample parameters (reference); or "sample"
     iterations: int | None = None  # if set: exactly this many SGD steps (lr decay at half), epochs ignored
@@ -69,8 +76,8 @@ class TrainConfig:
         per_epoch = math.ceil(num_samples / self.batch_size)
         if self.iterations is not None:  # at least one step at the full learning rate, even for 1 step
             return per_epoch, self.iterations, max(1, self.iterations // 2)
-        decay = self.decay_epochs if self.decay_epochs is not None else max(1, self.epochs // 2)
-        return per_epoch, self.epochs * per_epoch, decay * per_epoch
+        decay = self.decay_epochs if self.decay_epochs is not None else self.epochs // 2 + 2
+        return per_epoch, (self.epochs + 1) * per_epoch, decay * per_epoch
 
 
 def forward_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -126,9 +133,9 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Trai
         within = step % per_epoch
         if within == 0:
             order = torch.randperm(len(x), generator=generator, device=device)
-        if step == decay_at:
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * 0.1
+        if step == decay_at:  # as the reference: a fresh optimiser at a tenth of the rate (momentum restarts)
+            optimizer = torch.optim.SGD(model.parameters(), lr=config.lr * 0.1, momentum=config.momentum,
+                                        weight_decay=config.weight_decay)
         idx = order[within * config.batch_size:(within + 1) * config.batch_size]
         xb = x[idx]
         if augment_batch is not None:
@@ -175,13 +182,14 @@ def evaluate_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device
     return correct.item() / len(y)
 
 
-def fresh_model(model: str, data: ImageDataset, seed: int, device: torch.device) -> nn.Module:
-    """A newly initialised network, its weights drawn from ``seed`` (no global RNG involved)."""
-    net = build_model(model, data.channels, data.num_classes, data.image_size)
+def fresh_model(model: str | None, data: ImageDataset, seed: int, device: torch.device) -> nn.Module:
+    """A newly initialised network (None: the ConvNet of the data's image size), its weights drawn from ``seed``
+    (no global RNG involved)."""
+    net = build_model(model or default_model(data.image_size), data.channels, data.num_classes, data.image_size)
     return reinit_(net, make_generator(seed, torch.device("cpu"))).to(device)
 
 
-def train_and_test(x: torch.Tensor, y: torch.Tensor, data: ImageDataset, model: str = "convnet",
+def train_and_test(x: torch.Tensor, y: torch.Tensor, data: ImageDataset, model: str | None = None,
                    config: TrainConfig = TrainConfig(), seed: int = 0, device: str | torch.device = "auto",
                    test_classes=None, progress: bool = False) -> float:
     """Train a fresh ``model`` on (x, y) and return its accuracy on ``data``'s test set."""
@@ -223,10 +231,11 @@ def check_compatible(synset: SyntheticSet, data: ImageDataset) -> None:
         raise DMError("the set holds non-finite pixels (NaN or inf): make it again with a lower --lr-img")
 
 
-def evaluate_set(synset: SyntheticSet, data: ImageDataset, model: str = "convnet", repeats: int = 5,
+def evaluate_set(synset: SyntheticSet, data: ImageDataset, model: str | None = None, repeats: int = 5,
                  config: TrainConfig = TrainConfig(), seed: int = 0, device: str | torch.device = "auto",
                  progress: bool = True) -> EvalResult:
     """Train ``repeats`` fresh networks (seeds seed..seed+repeats-1) on the set and test each on ``data``'s test set.
+    ``model`` None: the ConvNet of the image size; ``config.augment`` None: the dataset's strategy.
 
     Under torch.distributed, rank r trains models r, r + world, ... and the accuracies are gathered in model order,
     so every rank returns what one process would.

@@ -164,3 +164,145 @@ def test_cli_records_precision_in_the_set_and_the_evaluation(tmp_path, capsys):
                     "cpu", "--no-progress"]) == 0
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert figures["precision"] == "fp32" and figures["augment_groups"] == "batch"
+
+
+# 5. Second fidelity pass (issue 20): the learning ResNet, strategies by dataset, DSA, defaults, schedule ----------------
+
+def test_the_learning_resnet_is_the_references():
+    """resnet18bnap: stride-1 convs, pooling after the first conv's norm and ReLU, pooled shortcut, no global
+    pooling: the embedding is the flattened 512 x 4 x 4 map, the classifier Linear(8192, classes)."""
+    from torch import nn
+
+    from dm_core import build_model
+
+    net = build_model("resnet18bnap", 3, 10, (32, 32))
+    assert net.embed(torch.zeros(2, 3, 32, 32)).shape == (2, 8192)
+    assert (net.classifier.in_features, net.classifier.out_features) == (8192, 10)
+    assert sum(p.numel() for p in net.parameters()) == 11_250_762  # counted by hand from the reference's layers
+    assert all(m.stride == (1, 1) for m in net.modules() if isinstance(m, nn.Conv2d))
+    assert not any(isinstance(m, nn.AdaptiveAvgPool2d) for m in net.modules())
+    block = net.features[5]  # the first downsampling block (after the stem and two blocks): conv -> norm -> ReLU -> avgpool -> conv -> norm
+    assert [type(m).__name__ for m in block.body] == ["Conv2d", "BatchNorm2d", "ReLU", "AvgPool2d", "Conv2d",
+                                                      "BatchNorm2d"]
+    assert [type(m).__name__ for m in block.shortcut] == ["Conv2d", "AvgPool2d", "BatchNorm2d"]
+    assert build_model("resnet18bnap", 1, 10, (28, 28)).embed(torch.zeros(1, 1, 28, 28)).shape == (1, 512 * 3 * 3)
+    assert build_model("resnet18bn", 3, 10, (32, 32)).classifier.in_features == 512  # the non-AP ResNets stay
+
+
+@pytest.mark.parametrize("dataset, strategy", [
+    ("mnist", "color_crop_cutout_scale_rotate"), ("svhn", "color_crop_cutout_scale_rotate"),
+    ("digits", "color_crop_cutout_scale_rotate"), ("fashionmnist", "color_crop_cutout_flip_scale_rotate"),
+    ("cifar10", "color_crop_cutout_flip_scale_rotate"), ("cifar100", "color_crop_cutout_flip_scale_rotate")])
+def test_digits_are_never_flipped(dataset, strategy):
+    assert augment.default_strategy(dataset) == strategy
+
+
+def test_the_strategy_in_force_is_recorded_and_can_be_set(digits, tmp_path, capsys):
+    synset = make_set("dm", digits, 1, classes=[0, 1], device="cpu", progress=False, iterations=1, batch_real=4,
+                      model="convnet-d1-w8")
+    assert synset.meta["augment"] == "color_crop_cutout_scale_rotate"
+    assert synset.meta["defaults_used"]["augment"] == "color_crop_cutout_scale_rotate"
+    flipped = make_set("dm", digits, 1, classes=[0, 1], device="cpu", progress=False, iterations=1, batch_real=4,
+                       model="convnet-d1-w8", augment="color_crop_cutout_flip_scale_rotate")
+    assert flipped.meta["augment"] == "color_crop_cutout_flip_scale_rotate" and "augment" not in \
+        flipped.meta["defaults_used"]
+    out = tmp_path / "s.pt"
+    assert dm_main(["condense", "--dataset", "digits", "--method", "random", "--ipc", "1", "--out", str(out),
+                    "--no-progress"]) == 0
+    for given, used in ((None, "color_crop_cutout_scale_rotate"), ("crop", "crop"), ("none", "none")):
+        capsys.readouterr()
+        assert dm_main(["evaluate", str(out), "--epochs", "1", "--repeats", "1", "--model", "convnet-d1-w8",
+                        "--device", "cpu", "--no-progress", *(["--augment", given] if given else [])]) == 0
+        assert json.loads(capsys.readouterr().out.splitlines()[-1])["augment"] == used
+    assert TrainConfig().resolve("digits").augment == "color_crop_cutout_scale_rotate"
+    assert TrainConfig(augment="none").resolve("digits").augment == "none"
+
+
+def test_dsa_schedule_has_the_cifar100_exception():
+    from dm_core.dsa import default_loops
+
+    assert default_loops(50, "cifar100") == (10, 10)
+    assert default_loops(50, "cifar10") == (50, 10) and default_loops(10, "cifar100") == (10, 50)
+    assert DSAConfig(ipc=50).loops("cifar100") == (10, 10)
+
+
+def test_dsa_batchnorm_statistics_come_from_16_images_per_class_in_one_pass(digits, monkeypatch):
+    """A separate draw of bn_batch_per_class (16) real images of every class, in one train-mode pass, then frozen."""
+    from torch import nn
+
+    passes = []
+    real_forward = nn.BatchNorm2d.forward
+
+    def spy(self, x):
+        if self.training:
+            passes.append(x.shape[0])
+        return real_forward(self, x)
+
+    monkeypatch.setattr(nn.BatchNorm2d, "forward", spy)
+    config = DSAConfig(ipc=1, iterations=1, outer_loop=2, inner_loop=1, model="convnetbn-d1-w8", batch_real=32)
+    assert config.bn_batch_per_class == 16
+    condense_dsa(digits, config, classes=[2, 5, 7], device="cpu", progress=False)
+    statistics = [n for n in passes if n == 3 * 16]
+    assert len(statistics) == 2  # one per outer step, all three classes at once; matching runs in eval mode
+    assert 3 * 32 not in passes  # the matching batch never sets the statistics
+
+
+def test_dataset_dependent_defaults_are_resolved_and_recorded():
+    from dataclasses import replace
+
+    from dm_core import ImageDataset
+
+    def fake(name, size, classes=10):
+        x = torch.zeros(classes, 3, size, size)
+        return ImageDataset(name, x, torch.arange(classes), x, torch.arange(classes), classes, (0.5,) * 3,
+                            (0.5,) * 3, tuple(map(str, range(classes))))
+
+    tiny = DMConfig(ipc=10).resolve(fake("tinyimagenet", 64))
+    assert tiny.iterations == 10_000 and tiny.model == "convnet-d4"
+    cifar = DMConfig(ipc=10).resolve(fake("cifar10", 32))
+    assert cifar.iterations == 20_000 and cifar.model == "convnet" and cifar.lr_img == 1.0
+    assert DMConfig(ipc=100).resolve(fake("cifar10", 32)).lr_img == 10.0
+    assert DMConfig(ipc=100).resolve(fake("cifar100", 32, 100)).lr_img == 1.0  # CIFAR-100 keeps 1 at 100 ipc
+    assert DMConfig(ipc=125).resolve(fake("cifar100", 32, 100)).lr_img == 1.0
+    assert DMConfig(ipc=10, iterations=5).defaults_for(fake("cifar10", 32)) == {
+        "lr_img": 1.0, "model": "convnet", "augment": "color_crop_cutout_flip_scale_rotate"}
+    assert replace(DSAConfig(ipc=1), iterations=None).resolve(fake("tinyimagenet", 64)).model == "convnet-d4"
+
+
+def test_herding_says_its_feature_network_is_the_toolkits_choice(digits):
+    synset = make_set("herding", digits, 1, classes=[0, 1], device="cpu", progress=False, epochs=1,
+                      model="convnet-d1-w8")
+    assert "toolkit's choice" in synset.meta["feature_network"] and synset.meta["feature_epochs"] == 1
+
+
+def test_evaluation_follows_the_references_schedule(monkeypatch):
+    """epochs E: passes 0..E, lr x 0.1 after pass E // 2 + 1, with a fresh optimiser (momentum restarts)."""
+    from dm_core import build_model, train_model
+
+    assert TrainConfig(epochs=1000, batch_size=256).schedule(500) == (2, 1001 * 2, 502 * 2)
+    assert TrainConfig(epochs=10, batch_size=10).schedule(20) == (2, 22, 14)
+    made = []
+    real_sgd = torch.optim.SGD
+
+    def counting(params, lr, **kwargs):
+        made.append(lr)
+        return real_sgd(params, lr, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "SGD", counting)
+    net = build_model("convnet-d1-w4", 1, 2, (8, 8))
+    epochs = []
+    train_model(net, torch.randn(8, 1, 8, 8), torch.arange(8) % 2, TrainConfig(epochs=4, batch_size=4,
+                                                                                augment="none"),
+                device="cpu", on_epoch=lambda epoch, model: epochs.append(epoch))
+    assert epochs == [1, 2, 3, 4, 5] and made == [0.01, pytest.approx(0.001)]
+
+
+def test_cutout_centre_reaches_the_far_border():
+    """The reference draws the centre of an even-sized hole from 0..size inclusive."""
+    x = torch.ones(2, 1, 16, 16)
+    u = torch.zeros(2, 11)
+    u[0, 5] = u[0, 6] = 0.0
+    u[1, 5] = u[1, 6] = 0.9999  # the largest centre: 16, so only a 4x4 corner (rows 12..15) is cut
+    out = augment.apply_op(x, "cutout", u)
+    assert (out[0, 0, :4, :4] == 0).all() and (out[0] == 0).sum() == 16
+    assert (out[1, 0, 12:, 12:] == 0).all() and (out[1] == 0).sum() == 16
