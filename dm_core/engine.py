@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +42,13 @@ from tqdm.auto import tqdm
 
 from . import augment
 from .compile import architecture_key, compiled, forward_flops, give_up, should_compile
+from .custom import model_name
 from .data import ImageDataset, class_store, resolve_classes
 from .device import make_generator, resolve_device
 from .distributed import World, all_sum, gather_rows, rank_checkpoint, shard_blocks, world
 from .errors import DMError
 from .io import atomic_torch_save
-from .nets import build_model, default_model, has_batchnorm, reinit_
+from .nets import build_model, check_model, default_model, has_batchnorm, reinit_
 from .precision import check_precision, precision_scope
 from .synset import SyntheticSet, made_set
 from .validate import check_choice, check_int, check_number
@@ -73,7 +74,7 @@ class LearnConfig:
     iterations: int | None = None
     lr_img: float | None = None
     batch_real: int = 256  # real images per class per iteration
-    model: str | None = None
+    model: str | nn.Module | Callable | None = None  # a name, one's own network, or None: the image size's ConvNet
     init: str = "real"  # or "noise" (standard normal)
     augment: str | None = None  # a DSA strategy ("color_crop_..."), "none", or None: the dataset's
     class_chunk: int | None = None  # classes per forward pass; None: auto (``auto_class_chunk``)
@@ -93,6 +94,8 @@ class LearnConfig:
         if self.lr_img is not None:
             check_number("lr_img", self.lr_img)
         check_choice("init", self.init, INITS)
+        if self.model is not None:
+            check_model(self.model)
         if self.augment is not None and self.augment != "none":
             augment.parse_strategy(self.augment)
         check_precision(self.precision)
@@ -113,6 +116,13 @@ class LearnConfig:
                     "model": lambda: default_model(data.image_size),
                     "augment": lambda: augment.default_strategy(data.name)}
         return {name: value() for name, value in defaults.items() if getattr(self, name) is None}
+
+
+def config_record(config) -> dict:
+    """A configuration (or a dict of its fields) as plain values for provenance and checkpoints: one's own network
+    is recorded by name (``custom:Module``)."""
+    values = config if isinstance(config, dict) else {f.name: getattr(config, f.name) for f in fields(config)}
+    return {k: model_name(v) if k == "model" and v is not None else v for k, v in values.items()}
 
 
 def auto_class_chunk(device: torch.device, num_classes: int, real_per_class: int, batchnorm: bool = False) -> int:
@@ -281,7 +291,7 @@ class Condensation:
         self._running: torch.Tensor | None = None
         self._since_log = 0
         self._stop_requested = False
-        fields_ = {k: v for k, v in asdict(config).items() if k not in VOLATILE}
+        fields_ = {k: v for k, v in config_record(config).items() if k not in VOLATILE}
         identity = {"method": method, "config": fields_, "classes": self.classes, "dataset": data.name,
                     "initial": _digest(initial)}
         self.checkpointer = Checkpointer(checkpoint, identity, {f.name: f.default for f in fields(config)})
@@ -581,8 +591,9 @@ def condense(method: str, matcher_type: type[Matcher], data: ImageDataset, confi
     bar.close()
     run.sync_images()  # every rank ends with the whole set
     images = partition_expand(run.images.detach(), factor)  # the set holds what the papers train on
-    meta = {**asdict(config), "defaults_used": defaults_used, "device": str(device), "loss_history": run.history,
-            "batch_real_used": n_real, "images_per_class": per_class, "world_size": w.size, **matcher.meta()}
+    meta = {**config_record(config), "defaults_used": config_record(defaults_used), "device": str(device),
+            "loss_history": run.history, "batch_real_used": n_real, "images_per_class": per_class,
+            "world_size": w.size, **matcher.meta()}
     return made_set(data, images, run.classes, method, run.elapsed(), **meta)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .custom import build_custom, is_custom
 from .errors import DMError
 
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -312,11 +313,13 @@ def _entry(model) -> ModelEntry | ConvNetSpec:
     raise DMError(f"unknown model {model!r}: choose one of {', '.join(list_models())}")
 
 
-def build_model(model: str | ConvNetSpec | tuple, channels: int, num_classes: int,
-                image_size: tuple[int, int]) -> nn.Module:
+def build_model(model, channels: int, num_classes: int, image_size: tuple[int, int]) -> nn.Module:
     """The one factory: a registered name, a ConvNet name (``convnet-d4``, ``convnet-w64-sigmoid-maxpool``, a full
-    ``ConvNetSpec.name``), a ``ConvNetSpec`` or a (depth, width, act, norm, pool) tuple."""
+    ``ConvNetSpec.name``), a ``ConvNetSpec``, a (depth, width, act, norm, pool) tuple, or one's own network (an
+    ``nn.Module``, copied, or a factory of them; ``dm_core.custom``)."""
     image_size = tuple(image_size)
+    if is_custom(model):
+        return build_custom(model, channels, num_classes, image_size)
     entry = _entry(model)
     if isinstance(entry, ConvNetSpec):
         return ConvNet(entry, channels, num_classes, image_size)
@@ -326,8 +329,14 @@ def build_model(model: str | ConvNetSpec | tuple, channels: int, num_classes: in
     return entry.build(channels, num_classes, image_size)
 
 
-def check_model_name(model) -> None:
-    """Fail early (no data needed) on a model ``build_model`` cannot read."""
+def check_model(model) -> None:
+    """Fail early (no data needed) on a model ``build_model`` cannot read; one's own network is checked when it is
+    first built for a dataset."""
+    if is_custom(model):
+        return
+    if not isinstance(model, (str, ConvNetSpec, tuple)):
+        raise DMError(f"model must be a network name, a ConvNetSpec, an nn.Module or a factory of them, got "
+                      f"{model!r}")
     _entry(model)
 
 
@@ -371,4 +380,20 @@ def reinit_(model: nn.Module, generator: torch.Generator) -> nn.Module:
                 module.bias.zero_()
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.reset_running_stats()
+        elif next(module.parameters(recurse=False), None) is not None:
+            _reset_other(module, generator)
     return model
+
+
+def _reset_other(module: nn.Module, generator: torch.Generator) -> None:
+    """A layer of one's own network that ``reinit_`` has no rule for: its ``reset_parameters()``, run under torch's
+    global generator seeded from ``generator`` (then restored), so the draw is still the run's own."""
+    reset = getattr(module, "reset_parameters", None)
+    if not callable(reset):
+        raise DMError(f"{type(module).__name__} has parameters dm_core cannot re-initialise: give it a "
+                      f"reset_parameters() method")
+    seed = int(torch.randint(2 ** 62, (1,), generator=generator, device=generator.device))
+    device = next(module.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        reset()

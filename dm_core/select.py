@@ -5,15 +5,17 @@ Both pick real images, so they take no checkpoint; under torch.distributed every
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
+from torch import nn
 
 from .compile import check_compile
+from .custom import model_name
 from .data import ImageDataset, class_store, resolve_classes
 from .device import make_generator, resolve_device
-from .nets import default_model
+from .nets import check_model, default_model
 from .precision import check_precision, precision_scope
 from .registry import Method, register_method
 from .synset import SyntheticSet, made_set
@@ -37,13 +39,15 @@ class HerdingConfig:
 
     ipc: int = 10
     seed: int = 0
-    model: str | None = None  # None: the ConvNet of the image size
+    model: str | nn.Module | Callable | None = None  # a name, one's own network, or None: the image size's ConvNet
     epochs: int = 30
     batch_size: int = 256
     precision: str = "fp32"
     compile: str = "auto"
 
     def __post_init__(self):
+        if self.model is not None:
+            check_model(self.model)
         check_int("epochs", self.epochs)
         check_int("batch_size", self.batch_size)
         check_precision(self.precision)
@@ -108,10 +112,11 @@ def select_herding(data: ImageDataset, config: HerdingConfig = HerdingConfig(),
             with precision_scope(device, config.precision):
                 features = torch.cat([net.embed(images[i:i + 1024]).float() for i in range(0, len(images), 1024)])
             chosen.append(images[herding_order(features, config.ipc).to(device)])
+    name = model_name(config.model)
     return made_set(data, torch.cat(chosen), classes, "herding", [time.perf_counter() - started], ipc=config.ipc,
-                    seed=config.seed, model=config.model, feature_epochs=config.epochs, batch_size=config.batch_size,
-                    precision=config.precision,
-                    feature_network=HERDING_RECIPE.format(model=config.model, epochs=config.epochs))
+                    seed=config.seed, model=name, feature_epochs=config.epochs, batch_size=config.batch_size,
+                    precision=config.precision, feature_network=HERDING_RECIPE.format(model=name,
+                                                                                      epochs=config.epochs))
 
 
 register_method(Method("random", RandomConfig, select_random, "class-balanced random real images",
