@@ -121,7 +121,10 @@ def _to_nchw(images: np.ndarray | torch.Tensor, what: str = "images") -> torch.T
         return x.unsqueeze(1)
     if x.dim() == 4:
         last, second = x.shape[-1] in CHANNELS, x.shape[1] in CHANNELS
-        if last and not second:
+        if last and second:
+            raise DMError(f"{what} of shape {tuple(x.shape)} could be N x C x H x W or N x H x W x C (both dimension 1 "
+                          f"and dimension 3 could hold the channels): give images whose layout is unambiguous")
+        if last:
             return x.permute(0, 3, 1, 2).contiguous()
         if second:
             return x
@@ -155,6 +158,9 @@ def _build(name, x_train, y_train, x_test, y_test, stats=None, class_names=None)
     y_test = _labels(y_test, len(x_test), "y_test")
     mean, std = stats or _channel_stats(x_train)
     num_classes = int(max(y_train.max(), y_test.max())) + 1
+    if num_classes < 2 or len(torch.unique(y_train)) < 2:
+        raise DMError(f"{name} has {len(torch.unique(y_train))} class(es) in its training split: condensing and "
+                      f"classifying need at least 2 classes")
     if class_names is not None and len(class_names) != num_classes:
         raise DMError(f"{len(class_names)} class names for labels 0..{num_classes - 1}: give one name per class")
     names = tuple(class_names) if class_names is not None else tuple(str(c) for c in range(num_classes))
@@ -226,17 +232,44 @@ def _load_npz(path: Path) -> ImageDataset:
     return _build(f"npz:{path}", *parts, class_names=names)
 
 
-def _read_images(paths: Sequence[Path], size: tuple[int, int] | None) -> torch.Tensor:
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
+
+
+def _read_images(paths: Sequence[Path], grey: bool) -> torch.Tensor:
+    """N x C x H x W uint8: one channel when every image of the dataset is grey, else RGB. Every file must be a
+    readable image of the size of the first one (a folder of mixed sizes is refused, not silently resized)."""
     from PIL import Image
 
-    images = []
+    images, size = [], None
     for p in paths:
-        with Image.open(p) as im:
-            im = im.convert("RGB")
-            if size and im.size != size:
-                im = im.resize(size)
-            images.append(np.asarray(im))
-    return torch.as_tensor(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+        try:
+            with Image.open(p) as im:
+                im.load()
+                if size is None:
+                    size, first = im.size, p
+                elif im.size != size:
+                    raise DMError(f"{p} is {im.size[0]}x{im.size[1]} but {first} is {size[0]}x{size[1]}: a folder "
+                                  f"dataset needs images of one size (resize them first)")
+                images.append(np.asarray(im.convert("L" if grey else "RGB")))
+        except DMError:
+            raise
+        except Exception as exc:  # PIL: UnidentifiedImageError, OSError("image file is truncated"), ...
+            raise DMError(f"{p} is not a readable image ({type(exc).__name__}): remove or replace it") from None
+    stacked = torch.as_tensor(np.stack(images))
+    return stacked.unsqueeze(1) if grey else stacked.permute(0, 3, 1, 2).contiguous()
+
+
+def _all_grey(paths: Sequence[Path]) -> bool:
+    from PIL import Image
+
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                if im.mode not in GREY_MODES:
+                    return False
+        except Exception as exc:
+            raise DMError(f"{p} is not a readable image ({type(exc).__name__}): remove or replace it") from None
+    return True
 
 
 def _load_folder(path: Path, name: str, stats=None) -> ImageDataset:
@@ -248,6 +281,11 @@ def _load_folder(path: Path, name: str, stats=None) -> ImageDataset:
     classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
     if not classes:
         raise DMError(f"{train_dir} has no class folders")
+    orphans = sorted(d.name for d in test_dir.iterdir() if d.is_dir() and d.name not in classes
+                     and d.name != "images")
+    if orphans:
+        raise DMError(f"{test_dir} has class folders that {train_dir} lacks ({', '.join(orphans[:3])}): every class "
+                      f"needs training images")
     suffixes = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 
     def scan(root: Path):
@@ -265,12 +303,9 @@ def _load_folder(path: Path, name: str, stats=None) -> ImageDataset:
         test_paths, y_test = _tinyimagenet_val(test_dir, classes)
     if not train_paths or not test_paths:
         raise DMError(f"{path}: found {len(train_paths)} train and {len(test_paths)} test images; need both")
-    from PIL import Image
-
-    with Image.open(train_paths[0]) as first:
-        size = first.size
-    x_train, x_test = _read_images(train_paths, size), _read_images(test_paths, size)
-    return _build(name, x_train, y_train, x_test, y_test, stats, classes)
+    grey = _all_grey([*train_paths, *test_paths])
+    x = _read_images([*train_paths, *test_paths], grey)
+    return _build(name, x[:len(train_paths)], y_train, x[len(train_paths):], y_test, stats, classes)
 
 
 def _tinyimagenet_val(val_dir: Path, classes: list[str]):

@@ -50,7 +50,7 @@ from .errors import DMError
 from .io import atomic_torch_save
 from .nets import build_model, check_model, default_model, has_batchnorm, reinit_
 from .precision import check_precision, precision_scope
-from .synset import SyntheticSet, made_set
+from .synset import SyntheticSet, content_digest, made_set
 from .validate import check_choice, check_int, check_number
 
 CHECKPOINT_FORMAT = "dm_core.checkpoint/2"
@@ -85,8 +85,9 @@ class LearnConfig:
     def __post_init__(self):
         check_int("ipc", self.ipc)
         if self.iterations is not None:
-            check_int("iterations", self.iterations, 0)
-        check_int("batch_real", self.batch_real)
+            check_int("iterations", self.iterations, 1)
+        if self.batch_real is not None:
+            check_int("batch_real", self.batch_real)
         check_int("checkpoint_every", self.checkpoint_every)
         check_int("log_every", self.log_every)
         if self.class_chunk is not None:
@@ -112,10 +113,15 @@ class LearnConfig:
 
     def defaults_for(self, data: ImageDataset) -> dict:
         """{field: value} of the fields left None, with the values ``data`` gives them."""
-        defaults = {"iterations": lambda: self.default_iterations(data), "lr_img": lambda: self.default_lr_img(data),
-                    "model": lambda: default_model(data.image_size),
-                    "augment": lambda: augment.default_strategy(data.name)}
-        return {name: value() for name, value in defaults.items() if getattr(self, name) is None}
+        return {name: rule() for name, rule in self.default_rules(data).items() if getattr(self, name) is None}
+
+    def default_rules(self, data: ImageDataset) -> dict[str, Callable[[], Any]]:
+        """How each field that may be None gets its value for ``data`` (methods add their own)."""
+        return {"iterations": lambda: self.default_iterations(data), "lr_img": lambda: self.default_lr_img(data),
+                "model": lambda: self.default_network(data), "augment": lambda: augment.default_strategy(data.name)}
+
+    def default_network(self, data: ImageDataset) -> str:
+        return default_model(data.image_size)
 
 
 def config_record(config) -> dict:
@@ -219,6 +225,9 @@ class Checkpointer:
             raise DMError(f"{self.path} is not a dm_core checkpoint: delete it or choose another checkpoint path")
         if state["format"] != CHECKPOINT_FORMAT:
             state["identity"] = self._upgrade(state["identity"])
+        elif not torch.is_tensor(state.get("images")) or state.get("sha256") != content_digest(state["images"]):
+            raise DMError(f"checkpoint {self.path} is damaged (its images do not match their checksum): delete it "
+                          f"to start over")
         changed = _differences(state["identity"], self.identity)
         if changed:
             raise DMError(f"checkpoint {self.path} belongs to another run ({'; '.join(changed[:4])}): use the "
@@ -240,8 +249,9 @@ class Checkpointer:
              generator: torch.Generator, history: list, extra: dict, seconds: list[float]) -> None:
         if self.path is None:
             return
+        images = images.detach().cpu()
         atomic_torch_save({"format": CHECKPOINT_FORMAT, "identity": self.identity, "iteration": iteration,
-                           "images": images.detach().cpu(), "optimizer": optimizer.state_dict(),
+                           "images": images, "sha256": content_digest(images), "optimizer": optimizer.state_dict(),
                            "generator": generator.get_state(), "history": history, "extra": extra,
                            "seconds": seconds}, self.path)
 

@@ -1,6 +1,7 @@
 """Synthetic-set files: images, labels and provenance in one ``.pt`` that ``torch.load(weights_only=True)`` reads."""
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import zipfile
@@ -14,6 +15,16 @@ from .errors import DMError
 from .io import atomic_write_bytes, atomic_write_files, torch_bytes
 
 FORMAT = "dm_core.synthetic_set/1"
+
+
+def content_digest(*tensors: torch.Tensor) -> str:
+    """SHA-256 of the tensors' bytes (CPU, contiguous), as a hex string."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        t = tensor.detach().cpu().contiguous()
+        digest.update(str((tuple(t.shape), str(t.dtype))).encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
 
 
 def package_version() -> str:
@@ -66,9 +77,11 @@ class SyntheticSet:
         return atomic_write_files(files)[0]
 
     def payload(self) -> dict:
-        """What the file holds."""
-        return {"format": FORMAT, "images": self.images.detach().cpu().float().contiguous(),
-                "labels": self.labels.detach().cpu().long(), "meta": _plain(self.meta)}
+        """What the file holds: the images, labels and provenance, and a SHA-256 of the first two that ``load``
+        checks (torch.load itself checks nothing, so flipped bytes would otherwise be trained on)."""
+        images, labels = self.images.detach().cpu().float().contiguous(), self.labels.detach().cpu().long()
+        return {"format": FORMAT, "images": images, "labels": labels, "meta": _plain(self.meta),
+                "sha256": content_digest(images, labels)}
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> SyntheticSet:
@@ -83,7 +96,12 @@ class SyntheticSet:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DMError(f"{path} is not a readable synthetic-set file ({first[:120]})") from None
         if isinstance(payload, dict) and payload.get("format") == FORMAT:
-            return cls.checked(path, payload.get("images"), payload.get("labels"), payload.get("meta", {}))
+            synset = cls.checked(path, payload.get("images"), payload.get("labels"), payload.get("meta", {}))
+            stored = payload.get("sha256")  # files written before checksums existed have none
+            if stored is not None and stored != content_digest(payload["images"], payload["labels"]):
+                raise DMError(f"{path} is damaged: its images or labels do not match the checksum stored with them; "
+                              f"make the set again (or restore the file)")
+            return synset
         if isinstance(payload, dict) and isinstance(payload.get("data"), (list, tuple)) and payload["data"]:
             entry = payload["data"][-1]
             if isinstance(entry, (list, tuple)) and len(entry) == 2 and all(torch.is_tensor(t) for t in entry):

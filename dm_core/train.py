@@ -25,6 +25,7 @@ from .errors import DMError
 from .nets import build_model, default_model, reinit_
 from .precision import check_precision, memory_format, precision_scope
 from .synset import SyntheticSet
+from .validate import check_int, check_number, check_seed
 
 
 @dataclass(frozen=True)
@@ -49,12 +50,14 @@ class TrainConfig:
     compile: str = "auto"  # torch.compile the forward pass: "auto" where it pays (dm_core/compile.py), "on", "off"
 
     def __post_init__(self):
-        if self.epochs < 1 or self.batch_size < 1 or (self.iterations is not None and self.iterations < 1):
-            raise DMError(f"training needs epochs >= 1, batch_size >= 1 and iterations >= 1 (got {self.epochs}, "
-                          f"{self.batch_size}, {self.iterations})")
-        if not (self.lr > 0 and math.isfinite(self.lr)) or self.momentum < 0 or self.weight_decay < 0:
-            raise DMError(f"training needs lr > 0, momentum >= 0 and weight_decay >= 0 (got {self.lr}, "
-                          f"{self.momentum}, {self.weight_decay})")
+        check_int("epochs", self.epochs)
+        check_int("batch_size", self.batch_size)
+        for name in ("iterations", "decay_epochs"):
+            if getattr(self, name) is not None:
+                check_int(name, getattr(self, name))
+        check_number("lr", self.lr)
+        check_number("momentum", self.momentum, zero=True)
+        check_number("weight_decay", self.weight_decay, zero=True)
         check_precision(self.precision)
         check_compile(self.compile)
         augment.DiffAugment.check_groups(self.augment_groups)
@@ -113,6 +116,7 @@ def train_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Trai
     accuracy; the model is put back in train mode afterwards.
     """
     device = resolve_device(device)
+    check_seed(seed)
     if len(x) == 0 or len(x) != len(y):
         raise DMError(f"cannot train on {len(x)} images with {len(y)} labels")
     fmt = memory_format(device, config.precision)
@@ -222,6 +226,10 @@ class EvalResult:
 
 
 def check_compatible(synset: SyntheticSet, data: ImageDataset) -> None:
+    """Refuse a set made from another dataset (by its provenance), or whose images or labels cannot be this one's."""
+    made_from = synset.meta.get("dataset")
+    if made_from is not None and made_from != data.name:
+        raise DMError(f"the set was made from {made_from}, not {data.name}: evaluate it on {made_from}")
     if tuple(synset.images.shape[1:]) != (data.channels, *data.image_size):
         raise DMError(f"the set holds {tuple(synset.images.shape[1:])} images but {data.name} has "
                       f"{(data.channels, *data.image_size)}: evaluate it on the dataset it was made from")
@@ -240,6 +248,8 @@ def evaluate_set(synset: SyntheticSet, data: ImageDataset, model: str | None = N
     Under torch.distributed, rank r trains models r, r + world, ... and the accuracies are gathered in model order,
     so every rank returns what one process would.
     """
+    check_int("repeats", repeats)
+    check_seed(seed)
     check_compatible(synset, data)
     device = resolve_device(device)
     config = config.resolve(data.name)

@@ -167,15 +167,18 @@ def test_datadam_loss_is_zero_on_identical_batches_and_reduces_to_dm_without_int
 # ---- decomposed DM --------------------------------------------------------------------------------------------
 
 def test_style_statistics_are_channel_moments_and_gram_matrices():
+    """As the authors compute them: the moments of each class's mean map (unbiased std, eps 1e-5), and the mean of
+    the class's per-image Gram matrices F F^T / (C H W)."""
     features = torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(0))
     mean, std = channel_moments(features)
     torch.testing.assert_close(mean, features.mean(dim=(2, 3)))
-    torch.testing.assert_close(std, features.std(dim=(2, 3), unbiased=False), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(std, (features.var(dim=(2, 3), unbiased=True) + 1e-5).sqrt(), rtol=1e-4, atol=1e-4)
     flat = features.flatten(2)
     torch.testing.assert_close(gram(features), flat @ flat.transpose(1, 2) / 75)
     class_mean, class_std, class_gram = class_style(features, 2)  # two classes of two images
-    torch.testing.assert_close(class_mean, mean.view(2, 2, 3).mean(1))
-    torch.testing.assert_close(class_std, std.view(2, 2, 3).mean(1))
+    class_maps = features.view(2, 2, 3, 5, 5).mean(1)
+    torch.testing.assert_close(class_mean, class_maps.mean(dim=(2, 3)))
+    torch.testing.assert_close(class_std, (class_maps.var(dim=(2, 3), unbiased=True) + 1e-5).sqrt())
     torch.testing.assert_close(class_gram, gram(features).view(2, 2, 3, 3).mean(1))
 
 
@@ -205,8 +208,8 @@ def test_intra_class_diversity_pushes_a_class_apart():
 # ---- the engine -----------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method,extra", [
-    ("m3d", {}), ("datadam", {}), ("ddm", {}),
-    ("idm", {"queue_size": 2, "initial_models": 1, "train_steps": 1, "train_batch": 8})])
+    ("m3d", {"factor": 1}), ("datadam", {}), ("ddm", {}),
+    ("idm", {"queue_size": 2, "initial_models": 1, "train_steps": 1, "train_batch": 8, "factor": 1})])
 def test_each_method_runs_in_the_engine_with_dm_s_provenance(digits, method, extra):
     synset = make_set(method, digits, 2, classes=[3, 5], seed=1, device="cpu", progress=False, iterations=4,
                       **TINY, **extra)
@@ -281,3 +284,68 @@ def test_a_continual_memory_builds_and_continues_with_a_successor(digits, method
     assert synset.labels.tolist() == [1, 0] and torch.isfinite(synset.images).all()
     assert synset.meta["returning_classes"] == [0] and synset.meta["method"] == method
     assert not torch.equal(synset.images[1], held[0][0])  # the memory image was optimised further
+
+
+# ---- the authors' defaults (issue 20) ---------------------------------------------------------------------------
+
+def fake_data(name: str, size: int = 32, classes: int = 10, std: float = 0.25):
+    from dm_core import ImageDataset
+
+    x = torch.zeros(classes, 3, size, size)
+    return ImageDataset(name, x, torch.arange(classes), x, torch.arange(classes), classes, (0.5,) * 3, (std,) * 3,
+                        tuple(map(str, range(classes))))
+
+
+def test_the_successors_defaults_are_their_authors():
+    from dm_core import DataDAMConfig, DDMConfig, IDMConfig, M3DConfig
+
+    assert DataDAMConfig(ipc=10).resolve(fake_data("cifar10")).model == "convnetbn"  # the authors' BN ConvNet
+    assert DataDAMConfig(ipc=10).resolve(fake_data("tinyimagenet", 64)).model == "convnetbn-d4"
+    idm = {ipc: IDMConfig(ipc=ipc).resolve(fake_data("cifar100", classes=100)) for ipc in (1, 10, 50)}
+    assert all(c.factor == 2 and c.lr_img == 0.2 for c in idm.values())
+    assert (idm[10].ce_weight, idm[10].train_steps, idm[10].accuracy_reset_every) == (0.1, 50, 100)
+    assert (idm[50].ce_weight, idm[50].train_steps, idm[50].accuracy_reset_every) == (0.1, 10, 500)
+    assert (idm[1].batch_real, idm[1].push_every, idm[10].batch_real, idm[10].push_every) == (5000, 5, 256, 30)
+    cifar10 = IDMConfig(ipc=10).resolve(fake_data("cifar10"))
+    assert (cifar10.ce_weight, cifar10.train_steps) == (0.5, 10)
+    ddm = DDMConfig()
+    assert (ddm.mm_weight, ddm.cm_weight, ddm.icd_weight, ddm.icd_neighbours) == (10_000, 10_000, 10, 2)
+    m3d = M3DConfig(ipc=10).resolve(fake_data("cifar10", std=0.25))
+    assert (m3d.iterations, m3d.batch_real, m3d.factor, m3d.augment, m3d.iterations_per_model) == (
+        5000, 128, 2, "color_crop_cutout", 5)
+    assert m3d.lr_img == pytest.approx(5e-3 / 0.25 ** 2)  # 5e-3 of [0, 1] pixels, in normalised units
+
+
+def test_idm_resets_the_networks_accuracy_every_interval(digits, monkeypatch):
+    resets = []
+    real_reset = ModelQueue.reset_accuracy
+    monkeypatch.setattr(ModelQueue, "reset_accuracy", lambda self: resets.append(len(resets)) or real_reset(self))
+    make_set("idm", digits, 1, classes=[0, 1], device="cpu", progress=False, iterations=7, accuracy_reset_every=3,
+             queue_size=2, initial_models=1, train_steps=1, train_batch=8, factor=1, **TINY)
+    assert len(resets) == 2  # before iterations 3 and 6, never at 0
+
+
+def test_ddm_taps_the_activations_and_averages_over_layers():
+    from dm_core.successors.ddm import STYLE_TAP
+
+    assert STYLE_TAP == (torch.nn.ReLU, torch.nn.LeakyReLU, torch.nn.Sigmoid)
+    one = [class_style(torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(s)), 2) for s in (0, 1)]
+    other = [class_style(torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(s)), 2) for s in (2, 3)]
+    mm, cm = style_losses(one, other)
+    first, second = style_losses(one[:1], other[:1]), style_losses(one[1:], other[1:])
+    torch.testing.assert_close(mm, (first[0] + second[0]) / 2)
+    torch.testing.assert_close(cm, (first[1] + second[1]) / 2)
+    assert intra_class_diversity(torch.randn(1, 2, 4), neighbours=2).isfinite()  # k capped at the others (1)
+
+
+def test_m3d_keeps_a_network_for_five_iterations_and_its_images_in_the_pixel_range(digits, monkeypatch):
+    import dm_core.successors.m3d as m3d_module
+
+    draws = []
+    real_reinit = m3d_module.reinit_
+    monkeypatch.setattr(m3d_module, "reinit_", lambda net, g: draws.append(1) or real_reinit(net, g))
+    synset = make_set("m3d", digits, 1, classes=[0, 1], device="cpu", progress=False, iterations=11, factor=1,
+                      lr_img=50.0, **{k: v for k, v in TINY.items() if k != "batch_real"})
+    assert len(draws) == 3  # iterations 0, 5 and 10
+    pixels = synset.images * digits.std[0] + digits.mean[0]
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5

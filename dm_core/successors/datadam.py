@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from ..data import ImageDataset
 from ..dm import DMMatcher, MatchingConfig
 from ..engine import condense
+from ..nets import default_model
 from ..registry import Method, register_method
 from ..synset import SyntheticSet
 from ..validate import check_number
@@ -28,6 +29,7 @@ from .common import ACTIVATIONS, by_class, embed_with_taps
 @dataclass(frozen=True)
 class DataDAMConfig(MatchingConfig):
     batch_real: int = 64  # real images per class per iteration (the authors' default)
+    # model None: the ConvNet of the image size with batch norm, as the authors condense (docs/successors.md)
     power: float = 1.0  # p of the attention map
     task_balance: float = 0.01  # lambda, the weight of the final-embedding (L_MMD) term
     loss_scale: float = 100.0  # both terms are multiplied by this
@@ -37,6 +39,9 @@ class DataDAMConfig(MatchingConfig):
         check_number("power", self.power)
         check_number("loss_scale", self.loss_scale)
         check_number("task_balance", self.task_balance, zero=True)
+
+    def default_network(self, data: ImageDataset) -> str:
+        return default_model(data.image_size).replace("convnet", "convnetbn", 1)
 
 
 def attention_map(features: torch.Tensor, power: float = 1.0) -> torch.Tensor:

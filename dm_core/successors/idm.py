@@ -33,27 +33,41 @@ from ..synset import SyntheticSet
 from ..validate import check_int, check_number
 from .common import by_class
 
+# The authors' commands (uitrbn/IDM, command.txt) by (dataset, ipc): ce_weight, model_train_steps, and the interval
+# of the networks' accuracy resets. Elsewhere: ce_weight 0.5 below 50 ipc and 0.1 from 50, 10 steps, resets every
+# 100 iterations below 50 ipc and every 500 from 50 (the CIFAR-10 commands').
+AUTHORS = {("cifar100", 10): (0.1, 50, 100), ("tinyimagenet", 50): (0.8, 50, 1000)}
+
 
 @dataclass(frozen=True)
 class IDMConfig(MatchingConfig):
+    """IDM's settings; every default is the authors' (docs/successors.md, "IDM", names the command or script line).
+    Fields left None depend on the dataset and ipc (``default_rules``)."""
+
     lr_img: float | None = 0.2
-    ce_weight: float | None = None  # None: 0.5 below 50 images per class, 0.1 from 50 on
+    batch_real: int | None = None  # None: 5000 at 1 ipc (every image of a CIFAR class), else 256
+    factor: int = 2  # every authors' command partitions each stored image into 2 x 2 (section 4.1)
+    ce_weight: float | None = None  # None: the authors' by dataset and ipc (AUTHORS), else 0.5 below 50 ipc, 0.1 above
     queue_size: int = 100
     initial_models: int = 3
     push_every: int | None = None  # None: every 5 iterations at 1 image per class, every 30 otherwise
     push_count: int = 1
     match_models: int = 1
     train_models: int = 2
-    train_steps: int = 10
+    train_steps: int | None = None  # None: 10, or the authors' by dataset and ipc (AUTHORS)
     train_batch: int = 256
     lr_net: float = 0.01
+    accuracy_reset_every: int | None = None  # None: every 100 iterations below 50 ipc, 500 from 50 (AUTHORS)
 
     def __post_init__(self):
         super().__post_init__()
         for name in ("queue_size", "initial_models", "push_count", "match_models", "train_batch"):
             check_int(name, getattr(self, name), 1)
-        for name in ("train_models", "train_steps"):
-            check_int(name, getattr(self, name), 0)
+        check_int("train_models", self.train_models, 0)
+        if self.train_steps is not None:
+            check_int("train_steps", self.train_steps, 0)
+        if self.accuracy_reset_every is not None:
+            check_int("accuracy_reset_every", self.accuracy_reset_every, 1)
         check_number("lr_net", self.lr_net)
         if self.push_every is not None:
             check_int("push_every", self.push_every, 1)
@@ -63,13 +77,12 @@ class IDMConfig(MatchingConfig):
             raise DMError(f"initial_models ({self.initial_models}) and match_models ({self.match_models}) cannot "
                           f"exceed queue_size ({self.queue_size})")
 
-    @property
-    def class_weight(self) -> float:
-        return self.ce_weight if self.ce_weight is not None else (0.5 if self.ipc < 50 else 0.1)
-
-    @property
-    def push_interval(self) -> int:
-        return self.push_every if self.push_every is not None else (5 if self.ipc == 1 else 30)
+    def default_rules(self, data: ImageDataset) -> dict:
+        ce, steps, reset = AUTHORS.get((data.name, self.ipc), (0.5 if self.ipc < 50 else 0.1, 10,
+                                                                100 if self.ipc < 50 else 500))
+        return {**super().default_rules(data), "batch_real": lambda: 5000 if self.ipc == 1 else 256,
+                "ce_weight": lambda: ce, "train_steps": lambda: steps, "accuracy_reset_every": lambda: reset,
+                "push_every": lambda: 5 if self.ipc == 1 else 30}
 
 
 class ModelQueue:
@@ -115,6 +128,11 @@ class ModelQueue:
         order = torch.randperm(len(self.nets), generator=self.generator, device=self.generator.device)
         return order[:count].tolist()
 
+    def reset_accuracy(self) -> None:
+        """Forget every network's training accuracy (the authors reset it every 100 or 500 iterations)."""
+        self.correct = [torch.zeros_like(c) for c in self.correct]
+        self.seen = [0] * len(self.seen)
+
     def accuracy(self, index: int) -> torch.Tensor:
         """Training accuracy in percent of network ``index`` since it joined (0 before any training)."""
         seen = self.seen[index]
@@ -124,10 +142,12 @@ class ModelQueue:
 
     def train(self, index: int, images: torch.Tensor, labels: torch.Tensor, steps: int, batch: int,
               precision: str = "fp32") -> None:
-        """``steps`` SGD steps of network ``index`` on random batches of ``batch`` of (images, labels)."""
+        """``steps`` SGD steps of network ``index``, each on ``batch`` distinct images of (images, labels) drawn at
+        random (without replacement, as the authors' permutation)."""
         net, optimizer = self.nets[index].train().requires_grad_(True), self.optimizers[index]
+        batch = min(batch, len(images))
         for _ in range(steps):
-            idx = torch.randint(len(images), (batch,), generator=self.generator, device=images.device)
+            idx = torch.randperm(len(images), generator=self.generator, device=images.device)[:batch]
             with precision_scope(images.device, precision):
                 logits = net(images[idx]).float()
             loss = F.cross_entropy(logits, labels[idx])
@@ -135,7 +155,7 @@ class ModelQueue:
             loss.backward()
             optimizer.step()
             self.correct[index] = self.correct[index] + (logits.detach().argmax(1) == labels[idx]).sum()
-            self.seen[index] += batch
+            self.seen[index] += len(idx)
         net.requires_grad_(False)
 
     def state_dict(self) -> dict:
@@ -185,7 +205,9 @@ class IDMMatcher(Matcher):
 
     def network(self, iteration: int) -> list[nn.Module]:
         c = self.config
-        if iteration % c.push_interval == 0:
+        if iteration and iteration % c.accuracy_reset_every == 0:  # before the push and the matching, as the authors
+            self.queue.reset_accuracy()
+        if iteration % c.push_every == 0:
             for _ in range(c.push_count):
                 self.queue.push()
         self.matching = self.queue.draw(c.match_models)
@@ -196,20 +218,19 @@ class IDMMatcher(Matcher):
         return False  # matching networks run in eval mode
 
     def loss(self, nets, real, syn, classes, embed):
-        return sum(idm_loss(net, real, syn, classes, self.config.class_weight * self.queue.accuracy(index))
+        return sum(idm_loss(net, real, syn, classes, self.config.ce_weight * self.queue.accuracy(index))
                    for index, net in zip(self.matching, nets))
 
     def after_step(self, net, iteration: int, step: int) -> None:
         c, store = self.config, self.run.store
-        for index in self.queue.draw(c.train_models):
+        for index in self.queue.draw(c.train_models):  # after the image step, as the authors
             self.queue.train(index, store.images, store.labels, c.train_steps, c.train_batch, c.precision)
 
     def state(self) -> dict:
         return {"queue": self.queue.state_dict()}
 
     def meta(self) -> dict:
-        return {"ce_weight_used": self.config.class_weight, "push_every_used": self.config.push_interval,
-                "models_pushed": self.queue.pushed}
+        return {"models_pushed": self.queue.pushed}  # the settings used are in the provenance's config fields
 
 
 def condense_idm(data: ImageDataset, config: IDMConfig = IDMConfig(), classes: Sequence[int] | None = None,

@@ -21,22 +21,43 @@ from ..data import ImageDataset
 from ..dm import DMConfig, DMMatcher
 from ..engine import condense, embedding
 from ..errors import DMError
+from ..nets import reinit_
 from ..registry import Method, register_method
 from ..synset import SyntheticSet
+from ..validate import check_int
 from .common import by_class
 
 KERNELS = ("gaussian", "linear")
 BANDWIDTH_MULTIPLIERS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
 
+PIXEL_LR_IMG = 5e-3  # the authors' image learning rate, on images in [0, 1] (docs/successors.md, "M3D")
+
+
 @dataclass(frozen=True)
 class M3DConfig(DMConfig):
+    """M3D's settings. The defaults are the authors' configuration (docs/successors.md, "M3D", names the files):
+    5,000 iterations, 128 real images per class, 2 x 2 partition, one network for 5 iterations, colour/crop/cutout
+    augmentation, images kept in the pixel range, and the image learning rate 5e-3 of [0, 1] pixels (``lr_img``
+    None: that rate in this toolkit's normalised units, 5e-3 / std^2)."""
+
+    iterations: int | None = 5000
+    batch_real: int = 128
+    augment: str | None = "color_crop_cutout"
+    factor: int = 2
     kernel: str = "gaussian"  # or "linear" (DM's loss)
+    iterations_per_model: int = 5  # image steps each random network serves
+    clamp: bool = True  # keep the images in [0, 1] pixels after every step
 
     def __post_init__(self):
         super().__post_init__()
         if self.kernel not in KERNELS:
             raise DMError(f"unknown M3D kernel {self.kernel!r}: use {' or '.join(KERNELS)}")
+        check_int("iterations_per_model", self.iterations_per_model)
+
+    def default_lr_img(self, data: ImageDataset) -> float:
+        # a step of lr in pixels is a step of lr / std in normalised units, along a gradient std times larger
+        return PIXEL_LR_IMG / (sum(data.std) / len(data.std)) ** 2
 
 
 def _squared_distances(z: torch.Tensor) -> torch.Tensor:
@@ -75,6 +96,19 @@ def m3d_loss(net, real: torch.Tensor, syn: torch.Tensor, num_classes: int, kerne
 
 
 class M3DMatcher(DMMatcher):
+    def network(self, iteration: int):
+        if iteration % self.config.iterations_per_model == 0:
+            reinit_(self.net, self.run.generator)
+        return self.net
+
+    def after_step(self, net, iteration: int, step: int) -> None:
+        if self.config.clamp:  # the authors clamp their [0, 1] images after every step; here in normalised units
+            data = self.run.data
+            mean = torch.tensor(data.mean, device=self.device).view(1, -1, 1, 1)
+            std = torch.tensor(data.std, device=self.device).view(1, -1, 1, 1)
+            with torch.no_grad():
+                self.run.images.copy_(torch.maximum(torch.minimum(self.run.images, (1 - mean) / std), -mean / std))
+
     def loss(self, net, real, syn, classes, embed):
         return m3d_loss(net, real, syn, len(classes), self.config.kernel, real_embed=lambda n, x: embed("real", x),
                         syn_embed=lambda n, x: embed("syn", x))
