@@ -4,8 +4,10 @@
     python benchmarks/successors_table.py --dataset mnist --data-root ../shared/data --out runs/successors_mnist
 
 Every method condenses with the same network, iteration count, real batch per class and seed, and every set is
-evaluated the same way (the same network trained from scratch ``--models`` times, ``--epochs`` epochs, on the whole
-test set). A method may carry options after a colon, e.g. ``idm:factor=2``. Each finished cell is one JSON line of
+evaluated the same way (the same network trained from scratch ``--repeats`` times, ``--epochs`` epochs, on the whole
+test set); everything else is each method's own default (the authors', docs/successors.md). A method may carry
+options after a colon, e.g. ``idm:factor=1``. ``--previous FILE`` (an earlier results.jsonl) puts its accuracies beside
+the new ones. Each finished cell is one JSON line of
 OUT/results.jsonl (a finished cell is not redone when the script runs again); OUT/table.md is the Markdown table.
 Wall time per iteration is the condensation's own clock (``meta["seconds"]`` / iterations) on this machine, with
 ``torch`` at the threads given by ``--threads``; on a shared machine it swings with the load, so
@@ -43,17 +45,18 @@ def cell(args, data, spec: str, ipc: int) -> dict:
     method, extra = parse_method(spec)
     synset = make_set(method, data, ipc, seed=args.seed, device=args.device, progress=False, model=args.model,
                       iterations=args.iterations, batch_real=args.batch_real, **extra)
-    evaluation = evaluate_set(synset, data, args.model, args.models, TrainConfig(epochs=args.epochs), args.seed,
+    evaluation = evaluate_set(synset, data, args.model, args.repeats, TrainConfig(epochs=args.epochs), args.seed,
                               args.device, progress=False)
     return {"dataset": data.name, "method": spec, "ipc": ipc,
             "images_per_class": len(synset) // data.num_classes,
             "model": args.model, "iterations": args.iterations, "batch_real": args.batch_real,
-            "epochs": args.epochs, "models": args.models, "threads": args.threads,
+            "epochs": args.epochs, "repeats": args.repeats, "threads": args.threads,
             "condense_seconds": synset.meta["seconds"],
             "ms_per_iteration": round(1000 * synset.meta["seconds"] / max(args.iterations, 1), 1),
-            "mean": round(evaluation.mean, 2), "std": round(evaluation.std, 2),
-            "accuracies": [round(a, 2) for a in evaluation.accuracies],
-            "evaluate_seconds": round(evaluation.seconds, 1)}
+            "mean": round(100 * evaluation.mean, 2), "std": round(100 * evaluation.std, 2),
+            "accuracies": [round(100 * a, 2) for a in evaluation.accuracies],
+            "evaluate_seconds": round(evaluation.seconds, 1),
+            "settings": {k: v for k, v in synset.meta.items() if k in ("lr_img", "factor", "augment", "model")}}
 
 
 def timing(args, data, spec: str, ipc: int) -> dict:
@@ -68,22 +71,24 @@ def timing(args, data, spec: str, ipc: int) -> dict:
             "wall_ms_per_iteration": round(1000 * (time.perf_counter() - started) / n, 1)}
 
 
-def table(rows: list[dict], timings: dict | None = None) -> str:
-    timings = timings or {}
-    lines = ["| ipc | method | images/class trained on | accuracy % (mean +- std) | vs DM | wall ms / iteration "
-             "| CPU ms / iteration |", "|---|---|---|---|---|---|---|"]
+def table(rows: list[dict], timings: dict | None = None, previous: dict | None = None) -> str:
+    timings, previous = timings or {}, previous or {}
+    lines = ["| ipc | method | images/class trained on | accuracy % (mean +- std) | before | vs DM | wall ms / iteration "
+             "| CPU ms / iteration |", "|---|---|---|---|---|---|---|---|"]
     for ipc in sorted({r["ipc"] for r in rows}):
         dm = next((r["mean"] for r in rows if r["ipc"] == ipc and r["method"] == "dm"), None)
         for r in (r for r in rows if r["ipc"] == ipc):
             delta = "" if dm is None or r["method"] == "dm" else f"{r['mean'] - dm:+.1f}"
             cpu = timings.get((r["method"], ipc), {}).get("cpu_ms_per_iteration")
+            old = previous.get((r["method"], ipc))
+            before = "-" if old is None else f"{old['mean']:.1f} +- {old['std']:.1f}"
             lines.append(f"| {ipc} | {r['method']} | {r['images_per_class']} | {r['mean']:.1f} +- {r['std']:.1f} | "
-                         f"{delta} | {r['ms_per_iteration']:.0f} | {'-' if cpu is None else f'{cpu:.0f}'} |")
+                         f"{before} | {delta} | {r['ms_per_iteration']:.0f} | {'-' if cpu is None else f'{cpu:.0f}'} |")
     r = rows[0]
     lines.append("")
     lines.append(f"Budget: {r['dataset']}, model {r['model']}, {r['iterations']} iterations, {r['batch_real']} real "
-                 f"images per class per iteration, evaluation {r['models']} networks x {r['epochs']} epochs; "
-                 f"{r['threads']} CPU thread(s).")
+                 f"images per class per iteration, evaluation {r.get('repeats', r.get('models'))} networks x "
+                 f"{r['epochs']} epochs; {r['threads']} CPU thread(s).")
     return "\n".join(lines) + "\n"
 
 
@@ -98,7 +103,8 @@ def main(argv=None) -> int:
     parser.add_argument("--iterations", type=int, default=100)
     parser.add_argument("--batch-real", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=200)
-    parser.add_argument("--models", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="networks trained on each set")
+    parser.add_argument("--previous", type=Path, help="an earlier results.jsonl, shown beside the new accuracies")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
@@ -133,7 +139,10 @@ def main(argv=None) -> int:
                     atomic_write_text(timing_log, "".join(json.dumps(t) + "\n" for t in timed))
     order = {spec: i for i, spec in enumerate(args.methods)}
     rows.sort(key=lambda r: (r["ipc"], order.get(r["method"], len(order))))
-    text = table(rows, {(t["method"], t["ipc"]): t for t in timed})
+    previous = {}
+    if args.previous is not None:
+        previous = {(r["method"], r["ipc"]): r for r in map(json.loads, args.previous.read_text().splitlines())}
+    text = table(rows, {(t["method"], t["ipc"]): t for t in timed}, previous)
     atomic_write_text(args.out / "table.md", text)
     print(text)
     return 0

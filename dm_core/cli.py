@@ -13,7 +13,7 @@ from .device import resolve_device
 from .distributed import gather_objects, init_from_env, local_device, rank_checkpoint, world
 from .engine import Interrupted, discard_checkpoint
 from .errors import DMError
-from .io import check_writable
+from .io import check_writable, work_lock
 from .nets import default_model, list_models
 from .precision import PRECISIONS
 from .registry import get_method, list_methods, methods_supporting
@@ -85,6 +85,11 @@ def condense(args: argparse.Namespace) -> dict | None:
     out, checkpoint, png = output_paths(args)
     device = local_device(resolve_device(args.device))
     w = init_from_env(device)
+    with work_lock(rank_checkpoint(out.with_name(f".{out.name}.lock"), w), str(out)):
+        return _condense(args, options, out, checkpoint, png, device, w, started)
+
+
+def _condense(args, options, out, checkpoint, png, device, w, started) -> dict | None:
     data = load_dataset(args.dataset, args.data_root)
     info = get_method(args.method)
     state = {"checkpoint": checkpoint, "resume": not args.restart} if info.learns else {}

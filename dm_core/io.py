@@ -113,6 +113,50 @@ def file_lock(lock_path: str | os.PathLike):
         yield  # the lock goes when the file closes, also on an exception
 
 
+@contextmanager
+def work_lock(lock_path: str | os.PathLike, what: str):
+    """Hold ``lock_path`` for the whole of one command's work on ``what``: a second process about to do the same
+    work is refused at once, with one line naming the first (its pid, start time and command). The lock is an
+    ``flock``, so it goes with the process, a crash included; the file is removed when the work ends."""
+    import sys
+    import time
+
+    lock_path = Path(lock_path)
+    while True:
+        try:
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(lock_path, "a+")
+        except OSError as exc:
+            raise DMError(f"cannot lock {lock_path} ({exc.strerror or type(exc).__name__}): the folder must be "
+                          f"writable") from None
+        if fcntl is None:
+            break
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise DMError(f"{what} is being made by {holder}: wait for it to finish, or give another --out") from None
+        try:  # the holder before us may have removed the file after we opened it: lock the file at the path
+            same = os.fstat(handle.fileno()).st_ino == os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        handle.close()
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"process {os.getpid()} (started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                 f"{' '.join(sys.argv)[:200]})")
+    handle.flush()
+    try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)
+        handle.close()
+
+
 def _umask() -> int:
     """The process umask, read without changing it (``os.umask`` can only set it, and setting it to read it races
     with any thread creating a file meanwhile). Linux shows it in /proc; elsewhere it is read once, at import."""

@@ -154,8 +154,11 @@ class Table:
 
     def parse(self, text: str):
         pd, schema, where = _pandas(), self.schema, self.path
+        if not text:  # 0 bytes: what an earlier version left when its write failed (a full disk); it holds no row
+            return self.empty()
         if not text.strip():
-            raise DMError(f"{where} is empty, not a {schema.name} table: delete it (it holds no result) and rerun")
+            raise DMError(f"{where} holds only blank lines, not a {schema.name} table: delete it (it holds no result) "
+                          f"and rerun")
         if not text.endswith("\n"):
             raise DMError(f"{where} ends in the middle of a line (a cut-short file): remove its last line, then rerun")
         try:
