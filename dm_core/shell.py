@@ -168,6 +168,16 @@ def run_command(p: argparse.ArgumentParser, body: Callable[[argparse.Namespace],
             status = TERMINATED if isinstance(exc, Terminated) else INTERRUPTED
             fresh = "\n" if getattr(args, "progress", False) else ""  # a progress bar leaves the cursor on its line
             message = f"{fresh}{words}: {kept(args, exc)}"
+        except Exception as exc:
+            w = world()
+            if not w.sharded:
+                raise  # in one process a bug shows its traceback
+            # under torchrun a failing rank says so in one line (torchrun adds its own report); its peers then meet a
+            # failed collective and rank 0 says that in one line too
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            print(f"error: process {w.rank} of {w.size} failed ({type(exc).__name__}: {first}): "
+                  f"{kept(args, exc)}", file=sys.stderr, flush=True)
+            status = 1
         try:  # still under the SIGTERM handler: a SIGTERM that follows an error cannot end the process unheard
             if message is not None and world().is_main:
                 print(message, file=sys.stderr, flush=True)
