@@ -4,7 +4,7 @@
 
 For 1 and 10 images per class: one DM set (``python -m dm_core condense --method dm``, fp32, a reduced budget), then
 ``python -m dm_core evaluate`` of that set with ``--precision fp32`` and with ``--precision bf16``. Both evaluations
-train networks from the same seeds (seed .. seed + models - 1), so model i of fp32 and model i of bf16 start from the
+train networks from the same seeds (seed .. seed + repeats - 1), so model i of fp32 and model i of bf16 start from the
 same weights and see the same batches and augmentations: the per-model difference is a paired comparison. Every CLI
 JSON line is kept in OUT/results.jsonl (a finished call is not redone); the table goes to stdout and OUT/table.md.
 """
@@ -18,6 +18,11 @@ from pathlib import Path
 from mnist_table import cli  # this script's folder is on sys.path when it runs
 
 
+def percent(row: dict) -> dict:
+    """mean, std and accuracies (percent) of an evaluate JSON line, whichever version wrote it."""
+    return {k: row.get(f"{k}_percent", row.get(k)) for k in ("mean", "std", "accuracies")}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default=None)
@@ -27,7 +32,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-real", type=int, default=64)
     parser.add_argument("--iterations", type=int, default=200, help="DM iterations per set")
     parser.add_argument("--epochs", type=int, nargs=2, default=[300, 150], metavar=("IPC1", "IPC10"))
-    parser.add_argument("--models", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=5, help="networks trained per set and precision")
     args = parser.parse_args(argv)
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -40,7 +45,8 @@ def main(argv=None) -> int:
             with log.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             done[key] = row
-            print(f"{key}: {json.dumps({k: row[k] for k in ('mean', 'accuracies', 'seconds') if k in row})}",
+            shown = {k: row[k] for k in ("mean_percent", "accuracies_percent", "seconds") if k in row}
+            print(f"{key}: {json.dumps(shown)}",
                   flush=True)
         return done[key]
 
@@ -54,15 +60,16 @@ def main(argv=None) -> int:
                                     "--iterations", str(args.iterations), "--batch-real", str(args.batch_real),
                                     "--out", str(out)])
         scores = {p: once(f"evaluate ipc{ipc} {p}", ["evaluate", str(out), *common[2:], "--model", args.model,
-                                                      "--epochs", str(epochs), "--models", str(args.models),
+                                                      "--epochs", str(epochs), "--repeats", str(args.repeats),
                                                       "--precision", p]) for p in ("fp32", "bf16")}
+        scores = {p: percent(row) for p, row in scores.items()}  # rows written before the keys said their unit too
         diffs = [b - a for a, b in zip(scores["fp32"]["accuracies"], scores["bf16"]["accuracies"])]
         cells = [f"{scores[p]['mean']:.1f} +- {scores[p]['std']:.1f}" for p in ("fp32", "bf16")]
         spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
         lines.append(f"| {ipc} | {epochs} | {cells[0]} | {cells[1]} | {statistics.fmean(diffs):+.2f} +- {spread:.2f} "
                      f"| {scores['fp32']['seconds']:.0f} | {scores['bf16']['seconds']:.0f} |")
     budget = (f"DM sets: {args.model}, {args.iterations} iterations, {args.batch_real} real images/class; evaluation: "
-              f"{args.models} {args.model} networks per precision, full MNIST test set, device {args.device}")
+              f"{args.repeats} {args.model} networks per precision, full MNIST test set, device {args.device}")
     text = "\n".join(lines) + f"\n\n{budget}\n"
     (args.out / "table.md").write_text(text)
     print(text)
