@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import shell
 from .augment import GROUP_MODES
-from .data import DATASETS, load_dataset
+from .data import DATASETS, holdout, load_dataset
 from .device import resolve_device
 from .distributed import gather_objects, init_from_env, local_device, rank_checkpoint, world
 from .engine import Interrupted, discard_checkpoint
@@ -44,6 +44,8 @@ def method_options(args: argparse.Namespace) -> dict:
         if key in options:
             raise DMError(f"--option {key}= repeats a value {FLAGS[key]} already sets: give it once")
         options[key] = value
+    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
+        raise DMError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     if not info.learns and (args.checkpoint is not None or args.restart):
         raise DMError(f"--checkpoint and --restart apply to {', '.join(list_methods(learns=True))}; {args.method} "
                       f"selects real images and keeps no checkpoint")
@@ -91,6 +93,8 @@ def condense(args: argparse.Namespace) -> dict | None:
 
 def _condense(args, options, out, checkpoint, png, device, w, started) -> dict | None:
     data = load_dataset(args.dataset, args.data_root)
+    if args.val_fraction is not None:  # condense from the training part of a NAS search's split only
+        data = holdout(data, args.val_fraction, args.split_seed)[0]
     info = get_method(args.method)
     state = {"checkpoint": checkpoint, "resume": not args.restart} if info.learns else {}
     from .methods import make_set
@@ -199,6 +203,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--option", type=shell.option, action="append", default=[], metavar="KEY=VALUE",
                    help="any other option of the method (see 'python -m dm_core methods'), e.g. init=noise, "
                         "checkpoint_every=100; repeatable")
+    c.add_argument("--val-fraction", type=float,
+                   help="hold this fraction of the training images out (as nas.search does) and condense from the rest "
+                        "only; the set records the split (default: every training image)")
+    c.add_argument("--split-seed", type=shell.seed, default=0, help="seed of the held-out split (with --val-fraction)")
     c.add_argument("--out", type=Path, help="the set file (default: DATASET_METHOD_ipcIPC.pt)")
     c.add_argument("--checkpoint", type=Path, help="checkpoint file of the run (default: --out with .ckpt)")
     c.add_argument("--restart", action="store_true", help="ignore an existing checkpoint and start over")

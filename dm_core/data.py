@@ -33,7 +33,12 @@ DATASETS = ("mnist", "fashionmnist", "cifar10", "cifar100", "svhn", "tinyimagene
 
 @dataclass(frozen=True)
 class ImageDataset:
-    """Train and test images (float32 NCHW, normalised, CPU) with their int64 labels and metadata."""
+    """Train and test images (float32 NCHW, normalised, CPU) with their int64 labels and metadata.
+
+    ``split`` says which training images ``x_train`` holds: None, the dataset's whole training split; or, for the
+    training part of a held-out split (``holdout``), ``{"val_fraction": f, "split_seed": s, "part": "train"}``.
+    Every set made from the data records it, so a set that could have seen held-out images can be told apart.
+    """
 
     name: str
     x_train: torch.Tensor
@@ -44,6 +49,7 @@ class ImageDataset:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     class_names: tuple[str, ...]
+    split: dict | None = None
 
     @property
     def channels(self) -> int:
@@ -76,6 +82,22 @@ class ImageDataset:
             if counts[c] < ipc:
                 raise DMError(f"ipc {ipc} is more than the {int(counts[c])} training images of class {c} "
                               f"in {self.name}: use ipc <= {int(counts[c])}")
+
+
+def holdout(data: ImageDataset, val_fraction: float = 0.1, seed: int = 0) -> tuple[ImageDataset, torch.Tensor,
+                                                                                   torch.Tensor]:
+    """(training part, validation images, validation labels): ``round(val_fraction * N)`` training images drawn
+    uniformly at random with ``seed`` are held out (the NAS protocol's validation split, docs/method.md section 7);
+    the training part records the split it comes from."""
+    n = len(data.y_train)
+    n_val = round(val_fraction * n)
+    if not (0 < val_fraction < 1) or not 0 < n_val < n:
+        raise DMError(f"a validation fraction of {val_fraction} leaves no validation or no training image of the {n} "
+                      f"training images of {data.name}: use a fraction in (0, 1)")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val, train = order[:n_val].sort().values, order[n_val:].sort().values
+    part = replace(data.subset(train), split={"val_fraction": val_fraction, "split_seed": seed, "part": "train"})
+    return part, data.x_train[val], data.y_train[val]
 
 
 def resolve_classes(data: ImageDataset, classes: Sequence[int] | None, ipc: int) -> list[int]:

@@ -166,7 +166,8 @@ def made_set(data, images: torch.Tensor, classes: list[int], method: str, second
     provenance: the dataset and its normalisation, the method and its settings (``meta``), and the seconds it took
     (``seconds``: the total, and ``segments`` when a resumed run took several)."""
     labels = torch.as_tensor(classes).repeat_interleave(len(images) // len(classes))
-    meta = {"dataset": data.name, "method": method, **meta, "classes": list(classes), "mean": list(data.mean),
+    meta = {"dataset": data.name, "method": method, **meta, "train_split": data.split or "all",
+            "classes": list(classes), "mean": list(data.mean),
             "std": list(data.std), "image_size": list(data.image_size), "num_classes": data.num_classes,
             "seconds": round(sum(seconds), 3), "version": package_version()}
     if len(seconds) > 1:
