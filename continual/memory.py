@@ -20,6 +20,7 @@ from dm_core import DMError, SyntheticSet
 
 from .benchmark import TensorImages, experience_tensors, has_task_labels
 from .builder import METHODS, SCOPE, UPDATE_RULE, MemoryBuilder, step_seed
+from .device import check_device
 
 __all__ = ["METHODS", "SCOPE", "UPDATE_RULE", "CondensedMemory", "MemoryBuilder", "as_avalanche", "step_seed"]
 

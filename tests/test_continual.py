@@ -33,7 +33,7 @@ def toy_data(num_classes: int = 6, per_class: int = 12, test_per_class: int = 5)
 
 
 def config(cl, out: Path, **overrides):
-    values = dict(out=out, dataset="digits", steps=2, methods=("random",), ipc=2, seeds=(0,), runs=1, epochs=3,
+    values = dict(out=out, dataset="digits", steps=2, methods=("random",), ipc=2, seeds=(0,), repeats=1, epochs=3,
                   model=TINY_NET, max_train_per_class=30, device="cpu", progress=False)
     values.update(overrides)
     return cl.ContinualConfig(**values)
@@ -195,19 +195,20 @@ def test_run_writes_the_run_dir_and_resume_skips_finished_units(cl, tmp_path, mo
     import continual.plugin
 
     out = tmp_path / "run"
-    cfg = config(cl, out, methods=("random", "dm"), seeds=(0, 1), runs=2, iterations=2,
+    cfg = config(cl, out, methods=("random", "dm"), seeds=(0, 1), repeats=2, iterations=2,
                  method_options={"dm": {"batch_real": 8}})
     cl.run_continual(cfg)
     rows = read_rows(out / "results.csv")
     assert len(rows) == 2 * 2 * 2 * 2
     assert list(rows[0]) == list(cl.COLUMNS)
-    assert {(r["method"], r["seed"], r["run"], r["step"]) for r in rows} == {
+    assert {(r["method"], r["seed"], r["repeat"], r["step"]) for r in rows} == {
         (m, str(s), str(r), str(t)) for m in ("random", "dm") for s in (0, 1) for r in (0, 1) for t in range(2)}
     assert sorted({int(r["classes_seen"]) for r in rows}) == [5, 10]
     assert all(0.0 <= float(r["accuracy_fraction"]) <= 1.0 for r in rows)
     for r in rows:  # one accuracy per seen test experience; the stream's is their test-size-weighted mean
         per_experience = [float(a) for a in r["experience_accuracy_fraction"].split()]
         assert len(per_experience) == int(r["step"]) + 1 and r["precision"] == "fp32"
+        assert r["augment"] == "color_crop_cutout_flip_scale_rotate"  # the strategy in force: the dataset's
         order = cl.class_order(int(r["seed"]), 10)
         sizes = [int(torch.isin(digits_test_labels(), torch.tensor(order[5 * e:5 * e + 5])).sum())
                  for e in range(len(per_experience))]
@@ -235,8 +236,8 @@ def test_run_writes_the_run_dir_and_resume_skips_finished_units(cl, tmp_path, mo
     cl.run_continual(cfg)
     again = read_rows(out / "results.csv")
     assert again[:-2] == kept and len(again) == len(rows)
-    assert [(r["method"], r["seed"], r["run"], r["step"]) for r in again[-2:]] == \
-        [(r["method"], r["seed"], r["run"], r["step"]) for r in rows[-2:]]
+    assert [(r["method"], r["seed"], r["repeat"], r["step"]) for r in again[-2:]] == \
+        [(r["method"], r["seed"], r["repeat"], r["step"]) for r in rows[-2:]]
     assert built == [("dm", sorted(cl.class_order(1, 10)[5:10]))]  # only the deleted memory unit
     assert len(trained) == 2  # only the two missing evaluation units
 
@@ -281,15 +282,22 @@ def test_a_run_directory_takes_new_methods_with_their_own_options(cl, tmp_path):
     (["--dataset", "nosuchdata"], "unknown dataset"),
     (["--option", "gdumb.lr=1"], "unknown method(s) gdumb"),
     (["--model", "nosuchnet"], "nosuchnet"),
-    (["--runs", "0"], "--runs must be at least 1"),
+    (["--repeats", "0"], "--repeats: must be at least 1"),
 ])
 def test_cli_rejects_bad_input_with_one_line(cl, tmp_path, capsys, argv, message):
     from continual.run import main
 
     out = tmp_path / "never"
-    assert main(["--dataset", "digits", "--out", str(out), "--no-progress", *argv]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    from cli_harness import run_cli
+
+    status, _, err = run_cli(main, ["--dataset", "digits", "--out", str(out), "--no-progress", *argv], capsys)
+    assert status == 2
+    if argv[0] == "--repeats":  # refused by argparse: its usage lines, then the one error line
+        lines = err.strip().splitlines()
+        assert lines[0].startswith("usage: ") and all(line.startswith(("usage:", " ")) for line in lines[:-1])
+        assert "error: " in lines[-1] and message in lines[-1]
+    else:
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err
     assert not out.exists()  # no work started
 
 
@@ -305,7 +313,7 @@ def test_cli_runs_a_tiny_protocol(cl, tmp_path, capsys):
     from continual.run import main
 
     out = tmp_path / "cli"
-    argv = ["--dataset", "digits", "--steps", "2", "--memory", "all", "--ipc", "1", "--seeds", "3", "--runs", "1",
+    argv = ["--dataset", "digits", "--steps", "2", "--memory", "all", "--ipc", "1", "--seeds", "3", "--repeats", "1",
             "--epochs", "2", "--iterations", "1", "--model", TINY_NET, "--max-train-per-class", "20",
             "--option", "herding.epochs=1", "--option", "dm.batch_real=8", "--option", "dsa.batch_real=8",
             "--device", "cpu", "--out", str(out), "--no-progress"]
@@ -322,15 +330,15 @@ def test_cli_runs_a_tiny_protocol(cl, tmp_path, capsys):
 def test_cli_compile_flag_reaches_the_training_and_the_builders(cl, tmp_path, monkeypatch):
     """``--compile off`` is the mode of the training after every step and of the DM and herding builders; it is not
     a protocol setting, so a run directory resumes under another mode."""
-    import dm_core.dm
+    import dm_core.engine
     import dm_core.train
     from continual.run import main
 
     asked = []
-    monkeypatch.setattr(dm_core.dm, "should_compile", lambda mode, *a: asked.append(("dm", mode)) or False)
+    monkeypatch.setattr(dm_core.engine, "should_compile", lambda mode, *a: asked.append(("dm", mode)) or False)
     monkeypatch.setattr(dm_core.train, "compile_pays", lambda net, x, config, *a, **k:
                         asked.append(("train", config.compile)) or False)
-    argv = ["--dataset", "digits", "--steps", "2", "--memory", "dm", "--ipc", "1", "--seeds", "3", "--runs", "1",
+    argv = ["--dataset", "digits", "--steps", "2", "--memory", "dm", "--ipc", "1", "--seeds", "3", "--repeats", "1",
             "--epochs", "1", "--iterations", "1", "--model", TINY_NET, "--max-train-per-class", "20",
             "--option", "dm.batch_real=8", "--device", "cpu", "--out", str(tmp_path / "run"), "--no-progress"]
     assert main([*argv, "--compile", "off"]) == 0
@@ -369,7 +377,7 @@ def test_loggers_are_avalanches_own(cl, tmp_path):
         mp.setattr("continual.experiment.make_loggers", spy)
         cl.run_continual(config(cl, out, loggers=("text", "csv", "tensorboard")))
     assert made == [[TextLogger, CSVLogger, TensorboardLogger]]
-    unit = Path("random") / "seed0" / "run0"
+    unit = Path("random") / "seed0" / "repeat0"
     evaluations = read_rows(out / "logs" / "csv" / unit / "eval_results.csv")
     # after step 0: experience 0; after step 1: experiences 0 and 1, with Avalanche's per-experience accuracies
     assert [(r["eval_exp"], r["training_exp"]) for r in evaluations] == [("0", "0"), ("0", "1"), ("1", "1")]
