@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -215,7 +216,9 @@ def test_run_writes_the_run_dir_and_resume_skips_finished_units(cl, tmp_path, mo
         weighted = sum(a * n for a, n in zip(per_experience, sizes)) / sum(sizes)
         assert weighted == pytest.approx(float(r["accuracy_fraction"]), abs=2e-6)
     files = sorted(p.relative_to(out).as_posix() for p in (out / "memory").rglob("*.pt"))
-    assert files == [f"memory/{m}/seed{s}/step{t:02d}.pt" for m in ("dm", "random") for s in (0, 1) for t in range(2)]
+    # each file named by its step and a digest of everything it is made of
+    assert [re.sub(r"-[0-9a-f]{16}\.pt$", ".pt", f) for f in files] == [
+        f"memory/{m}/seed{s}/step{t:02d}.pt" for m in ("dm", "random") for s in (0, 1) for t in range(2)]
     assert (out / "config.json").is_file() and "accuracy=" in (out / "log.txt").read_text()
 
     # Interrupt: drop the last two evaluation rows and dm seed 1's last memory file, then run again.
@@ -224,7 +227,8 @@ def test_run_writes_the_run_dir_and_resume_skips_finished_units(cl, tmp_path, mo
         writer = csv.DictWriter(f, fieldnames=cl.COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(kept)
-    (out / "memory/dm/seed1/step01.pt").unlink()
+    (deleted,) = (out / "memory/dm/seed1").glob("step01-*.pt")
+    deleted.unlink()
     built, trained = [], []
     real_make_set, real_train = continual.builder.make_set, continual.plugin.train_model
     monkeypatch.setattr("continual.builder.make_set",
