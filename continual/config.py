@@ -22,7 +22,7 @@ from .device import check_device
 from .results import read_results
 
 CONFIG_FILE = "config.json"
-LOGGERS = ("text", "csv", "tensorboard")
+LOGGERS = ("text", "interactive", "csv", "tensorboard")
 # Fields that fix what a result means: a run directory accepts new methods, seeds and repeats, but not a change of
 # these. ``method_options`` are compared per method (see ``changed_settings``): a new method may bring its own options.
 PROTOCOL_FIELDS = ("dataset", "steps", "ipc", "epochs", "iterations", "model", "max_train_per_class", "precision",

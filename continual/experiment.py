@@ -58,12 +58,14 @@ class RunLog:
 
 def make_loggers(names, out: Path, unit: str, log_file: TextIO) -> list:
     """Avalanche's own logger classes: TextLogger into log.txt, CSVLogger and TensorboardLogger under OUT/logs."""
-    from avalanche.logging import CSVLogger, TensorboardLogger, TextLogger
+    from avalanche.logging import CSVLogger, InteractiveLogger, TensorboardLogger, TextLogger
 
     loggers = []
     for name in names:
         if name == "text":
             loggers.append(TextLogger(log_file))
+        elif name == "interactive":
+            loggers.append(InteractiveLogger())
         elif name == "csv":
             loggers.append(CSVLogger(log_folder=str(out / "logs" / "csv" / unit)))
         elif name == "tensorboard":
@@ -81,13 +83,15 @@ def close_loggers(loggers: list) -> None:
 
 def make_strategy(model: torch.nn.Module, plugin: GDumbMemoryPlugin, train_config: TrainConfig,
                   device: torch.device, loggers: list):
-    """A plain Avalanche Naive strategy that runs no epochs of its own: the plugin trains, Avalanche evaluates."""
-    from avalanche.evaluation.metrics import accuracy_metrics
+    """A plain Avalanche Naive strategy whose epochs and optimiser the plugin's recipe sets (``train_epochs=0``); its
+    evaluator measures the training epochs' loss and accuracy and the evaluations' accuracy and loss."""
+    from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
     from avalanche.training import Naive
     from avalanche.training.plugins import EvaluationPlugin
 
-    evaluator = EvaluationPlugin(accuracy_metrics(experience=True, stream=True), loggers=loggers)
-    optimizer = torch.optim.SGD(model.parameters(), lr=train_config.lr)  # unused: train_epochs=0
+    evaluator = EvaluationPlugin(accuracy_metrics(epoch=True, experience=True, stream=True),
+                                 loss_metrics(epoch=True, experience=True, stream=True), loggers=loggers)
+    optimizer = torch.optim.SGD(model.parameters(), lr=train_config.lr)  # replaced by the recipe's each experience
     return Naive(model=model, optimizer=optimizer, train_mb_size=train_config.batch_size, train_epochs=0,
                  eval_mb_size=1024, device=device, plugins=[plugin], evaluator=evaluator)
 
@@ -106,7 +110,8 @@ def run_continual(config: ContinualConfig, data: ImageDataset | None = None) -> 
     store_settings(config)
     device = check_device(config.device)
     table = ResultsTable(out / "results.csv")
-    train_config = TrainConfig(epochs=config.epochs, precision=config.precision, compile=config.compile,
+    # the training runs in Avalanche's loop, which is not compiled: --compile is the builders'
+    train_config = TrainConfig(epochs=config.epochs, precision=config.precision, compile="off",
                                augment=config.strategy)
     units = [(m, s, r) for m in config.methods for s in config.seeds for r in range(config.repeats)]
     with open(out / "log.txt", "a", encoding="utf-8") as log_file:
@@ -141,8 +146,7 @@ def run_order(config: ContinualConfig, data: ImageDataset, method: str, seed: in
                              **config.builder_options(method))
     model = build_model(config.model, data.channels, data.num_classes, data.image_size)
     reinit_(model, make_generator(training_seed(seed, repeat), torch.device("cpu")))  # the initial values, seeded
-    plugin = GDumbMemoryPlugin(memory, seed=training_seed(seed, repeat), train_config=train_config,
-                               progress=config.progress)
+    plugin = GDumbMemoryPlugin(memory, seed=training_seed(seed, repeat), train_config=train_config)
     strategy = make_strategy(model, plugin, train_config, device, loggers)
     steps = tqdm(benchmark.train_stream, desc="steps", leave=False, disable=not config.progress,
                  dynamic_ncols=True)

@@ -115,28 +115,54 @@ def make_strategy(cl, data, plugin, epochs=0):
 
 
 def test_model_is_reset_to_its_initial_values_before_each_step_and_trained_on_the_memory(cl):
+    """Avalanche's loop trains with the paper's recipe: every experience starts from the initial values, sees the
+    whole memory (only) each epoch, and ends with the weights dm_core.train_model gives, bit for bit."""
+    import copy
+
+    from avalanche.core import SupervisedPlugin
+    from dm_core import train_model
+
+    class Spy(SupervisedPlugin):
+        def __init__(self):
+            super().__init__()
+            self.starts, self.labels, self.epochs = [], [], []
+
+        def before_training_exp(self, strategy, **kwargs):
+            self.labels.append([])
+            self.epochs.append(0)
+
+        def before_training_epoch(self, strategy, **kwargs):
+            if strategy.clock.train_exp_epochs == 0:
+                self.starts.append({k: v.clone() for k, v in strategy.model.state_dict().items()})
+
+        def after_training_iteration(self, strategy, **kwargs):
+            self.labels[-1] += strategy.mb_y.tolist()
+            assert strategy.loss.item() > 0  # the loss Avalanche's metrics see
+
+        def after_training_epoch(self, strategy, **kwargs):
+            self.epochs[-1] += 1
+
     data = toy_data()
     memory = cl.CondensedMemory("random", ipc=2, seed=0)
-    seen_by_trainer = []
-
-    def trainer(model, x, y, config, seed, device, progress):
-        seen_by_trainer.append(({k: v.clone() for k, v in model.state_dict().items()}, y.clone(), seed))
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(1.0)  # "training" that a missing reset would carry into the next step
-        return model
-
-    plugin = cl.GDumbMemoryPlugin(memory, seed=7, train_config=TrainConfig(epochs=1), trainer=trainer)
+    config = TrainConfig(epochs=3)
+    plugin = cl.GDumbMemoryPlugin(memory, seed=7, train_config=config)
     strategy = make_strategy(cl, data, plugin)
+    spy = Spy()
+    strategy.plugins.append(spy)
+    initial_model = copy.deepcopy(strategy.model)
     initial = {k: v.clone() for k, v in strategy.model.state_dict().items()}
     benchmark = cl.make_benchmark(data, cl.class_order(0, 6), steps=3)
     for t, experience in enumerate(benchmark.train_stream):
         strategy.train(experience)
-        weights, labels, seed = seen_by_trainer[t]
-        assert all(torch.equal(weights[k], v) for k, v in initial.items())
+        assert all(torch.equal(spy.starts[t][k], v) for k, v in initial.items())
+        images, labels = memory.tensors()
+        assert sorted(spy.labels[t]) == sorted(labels.tolist() * 3) and spy.epochs[t] == 3  # the whole memory, only
+        assert len(labels) == 2 * 2 * (t + 1)
+        reference = train_model(copy.deepcopy(initial_model), images, labels, config, seed=cl.step_seed(7, t),
+                                device="cpu")
+        assert all(torch.equal(reference.state_dict()[k], v) for k, v in strategy.model.state_dict().items())
         assert not all(torch.equal(strategy.model.state_dict()[k], v) for k, v in initial.items())  # it trained
-        assert sorted(labels.tolist()) == sorted(memory.tensors()[1].tolist())  # the whole memory, only
-        assert len(labels) == 2 * 2 * (t + 1) and seed == cl.step_seed(7, t)
+    assert strategy.train_epochs == 0  # the strategy's own epochs back after each experience
 
 
 def test_stream_accuracy_is_the_accuracy_on_seen_classes(cl):
@@ -230,13 +256,12 @@ def test_run_writes_the_run_dir_and_resume_skips_finished_units(cl, tmp_path, mo
     (deleted,) = (out / "memory/dm/seed1").glob("step01-*.pt")
     deleted.unlink()
     built, trained = [], []
-    real_make_set, real_train = continual.builder.make_set, continual.plugin.train_model
+    real_make_set, real_batches = continual.builder.make_set, continual.plugin.ResidentBatches
     monkeypatch.setattr("continual.builder.make_set",
                         lambda method, data, ipc, classes, **kw: built.append((method, classes)) or
                         real_make_set(method, data, ipc, classes, **kw))
-    monkeypatch.setattr("continual.plugin.train_model",
-                        lambda model, x, y, config, seed, **kw: trained.append(seed) or
-                        real_train(model, x, y, config, seed, **kw))
+    monkeypatch.setattr("continual.plugin.ResidentBatches",
+                        lambda *a, **kw: trained.append(1) or real_batches(*a, **kw))
     cl.run_continual(cfg)
     again = read_rows(out / "results.csv")
     assert again[:-2] == kept and len(again) == len(rows)
@@ -332,8 +357,8 @@ def test_cli_runs_a_tiny_protocol(cl, tmp_path, capsys):
 
 
 def test_cli_compile_flag_reaches_the_training_and_the_builders(cl, tmp_path, monkeypatch):
-    """``--compile off`` is the mode of the training after every step and of the DM and herding builders; it is not
-    a protocol setting, so a run directory resumes under another mode."""
+    """``--compile off`` is the mode of the DM and herding builders (the training after every step runs in
+    Avalanche's loop, not compiled); it is not a protocol setting, so a run directory resumes under another mode."""
     import dm_core.engine
     import dm_core.train
     from continual.run import main
@@ -346,10 +371,10 @@ def test_cli_compile_flag_reaches_the_training_and_the_builders(cl, tmp_path, mo
             "--epochs", "1", "--iterations", "1", "--model", TINY_NET, "--max-train-per-class", "20",
             "--option", "dm.batch_real=8", "--device", "cpu", "--out", str(tmp_path / "run"), "--no-progress"]
     assert main([*argv, "--compile", "off"]) == 0
-    assert asked == [("dm", "off"), ("train", "off")] * 2  # per step: the memory, then the training
+    assert asked == [("dm", "off")] * 2  # per step: the memory; the training in Avalanche's loop asks nothing
     asked.clear()
     assert main([*argv, "--memory", "herding", "--option", "herding.epochs=1", "--compile", "on"]) == 0
-    assert asked == [("train", "on")] * 4  # per step: herding's feature network, then the training
+    assert asked == [("train", "on")] * 2  # per step: herding's feature network
     assert {r["method"] for r in read_rows(tmp_path / "run" / "results.csv")} == {"dm", "herding"}
 
 

@@ -258,7 +258,6 @@ def test_reset_restores_every_parameter_and_buffer(cl, small_digits, own_trainer
     """Before every experience the model is back at its initial values: parameters and buffers of layers dm_core
     never builds, a non-persistent buffer, and no optimiser momentum left over."""
     from avalanche.core import SupervisedPlugin
-    from dm_core import train_model
 
     starts = []  # (tensors, optimiser state entries) as training of an experience begins
 
@@ -267,10 +266,6 @@ def test_reset_restores_every_parameter_and_buffer(cl, small_digits, own_trainer
             if strategy.clock.train_exp_epochs == 0:
                 starts.append((tensors_of(strategy.model), len(strategy.optimizer.state)))
 
-    def trainer(model, x, y, config, seed, device, progress):
-        starts.append((tensors_of(model), 0))
-        return train_model(model, x, y, config, seed, device, progress)
-
     model = OddNet()
     initial = tensors_of(model)
     assert set(initial) == {"conv.weight", "conv.bias", "act.weight", "norm.weight", "norm.bias", "head.weight",
@@ -278,7 +273,7 @@ def test_reset_restores_every_parameter_and_buffer(cl, small_digits, own_trainer
                             "norm.num_batches_tracked"}
     memory = cl.CondensedMemory("random", ipc=2, device="cpu")
     config = TrainConfig(epochs=2, augment="none") if own_trainer else None
-    plugin = cl.GDumbMemoryPlugin(memory, seed=0, train_config=config, trainer=trainer if own_trainer else None)
+    plugin = cl.GDumbMemoryPlugin(memory, seed=0, train_config=config)
     strategy = naive(model, [plugin, AtStart()], epochs=0 if own_trainer else 1)
     strategy.optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     for t, experience in enumerate(nc(cl, small_digits).train_stream[:3]):

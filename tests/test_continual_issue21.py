@@ -252,3 +252,141 @@ def test_8_a_cuda_memory_without_cuda_is_refused_when_made(cl, method):
     assert "--device" not in str(refused.value)
     with pytest.raises(DMError, match="unknown device"):
         cl.CondensedMemory(method, ipc=2, device="gpu")
+
+
+# 7 ----------------------------------------------------------------------------------------------------------------
+def test_7_gdumb_with_the_fast_trainer_on_a_multi_head_model_inside_avalanches_loop(cl, digits_tensors, tmp_path):
+    """Was: MTSimpleMLP.forward() missing task_labels, and a training no metric or logger saw. The paper's trainer
+    now runs in Avalanche's loop: a multi-head model gets its task labels, the epoch metrics and the CSV logger see
+    every epoch and its loss, and evaluation losses are real."""
+    import csv
+
+    from avalanche.benchmarks import nc_benchmark
+    from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
+    from avalanche.logging import CSVLogger
+    from avalanche.models import MTSimpleMLP
+    from avalanche.training import Naive
+    from avalanche.training.plugins import EvaluationPlugin
+    from dm_core import TrainConfig
+
+    x, y, xt, yt = digits_tensors
+    benchmark = nc_benchmark(TensorDataset(x, y), TensorDataset(xt, yt), n_experiences=5, task_labels=True, seed=0)
+    model = MTSimpleMLP(input_size=256, hidden_size=32)
+    memory = cl.CondensedMemory("random", ipc=3, device="cpu")
+    logs = tmp_path / "logs"
+    evaluator = EvaluationPlugin(accuracy_metrics(epoch=True, stream=True), loss_metrics(epoch=True, stream=True),
+                                 loggers=[CSVLogger(log_folder=str(logs))])
+    strategy = Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), train_epochs=0,
+                     train_mb_size=16, eval_mb_size=64, device="cpu", evaluator=evaluator,
+                     plugins=[cl.GDumbMemoryPlugin(memory, train_config=TrainConfig(epochs=4, augment="none"))])
+    for experience in benchmark.train_stream[:2]:
+        strategy.train(experience)
+        metrics = strategy.eval(benchmark.test_stream[:2])
+    losses = [v for k, v in metrics.items() if k.startswith("Loss_Stream/eval_phase/test_stream")]
+    assert losses and all(v > 0 for v in losses)
+    with open(logs / "training_results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 4 and all(float(r["training_loss"]) > 0 for r in rows)  # every epoch of both experiences
+
+
+def test_7_compiling_inside_avalanches_loop_is_refused_with_what_to_use(cl):
+    from dm_core import TrainConfig
+
+    with pytest.raises(DMError, match="compile='auto'"):
+        cl.GDumbMemoryPlugin(cl.CondensedMemory("random", ipc=2, device="cpu"),
+                             train_config=TrainConfig(compile="on"))
+
+
+@pytest.mark.slow
+def test_7_continual_run_takes_the_interactive_logger_and_writes_training_rows(tmp_path, capsys):
+    import csv
+
+    from continual.run import main
+
+    out = tmp_path / "run"
+    argv = ["--dataset", "digits", "--steps", "2", "--memory", "random", "--ipc", "2", "--seeds", "0", "--repeats",
+            "1", "--epochs", "3", "--model", TINY["model"], "--max-train-per-class", "20", "--device", "cpu",
+            "--logger", "interactive,csv", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    logs = out / "logs" / "csv" / "random" / "seed0" / "repeat0"
+    with open(logs / "training_results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 3 and all(float(r["training_loss"]) > 0 for r in rows)
+    with open(logs / "eval_results.csv", newline="") as f:
+        assert all(float(r["eval_loss"]) > 0 for r in csv.DictReader(f))
+
+
+# 9 ----------------------------------------------------------------------------------------------------------------
+def replay_strategy(cl, memory):
+    from avalanche.training.plugins import ReplayPlugin
+
+    torch.manual_seed(0)
+    model = mlp()
+    return naive(model, [ReplayPlugin(mem_size=memory.max_size, storage_policy=memory)])
+
+
+@pytest.mark.parametrize("method", ["random", "dm"])
+def test_9_a_users_strategy_resumes_bit_for_bit_from_a_checkpoint(cl, digits_tensors, tmp_path, method):
+    """Train three experiences at once; or two, checkpoint, rebuild everything, resume, train the third: the same
+    weights and the same memory, to the bit (the replay DataLoader shuffles from torch's global RNG)."""
+    from continual.checkpoint import load_checkpoint, save_checkpoint
+
+    options = TINY if method == "dm" else {}
+    stream = tensor_benchmark(digits_tensors).train_stream
+    memory = cl.CondensedMemory(method, ipc=2, total_num_classes=10, device="cpu", **options)
+    straight = replay_strategy(cl, memory)
+    for experience in stream[:3]:
+        straight.train(experience)
+
+    path = tmp_path / "run.ckpt"
+    first = cl.CondensedMemory(method, ipc=2, total_num_classes=10, device="cpu", **options)
+    stopped = replay_strategy(cl, first)
+    for t, experience in enumerate(stream[:2]):
+        stopped.train(experience)
+        save_checkpoint(path, stopped, first, experiences_done=t + 1)
+    torch.manual_seed(12345)  # a new process: other random states
+
+    fresh = cl.CondensedMemory(method, ipc=2, total_num_classes=10, device="cpu", **options)
+    resumed = replay_strategy(cl, fresh)
+    done = load_checkpoint(path, resumed, fresh)
+    assert done == 2
+    for experience in stream[done:3]:
+        resumed.train(experience)
+    assert all(torch.equal(a, b) for a, b in zip(straight.model.state_dict().values(),
+                                                  resumed.model.state_dict().values()))
+    assert torch.equal(fresh.tensors()[0], memory.tensors()[0])
+    assert load_checkpoint(tmp_path / "none.ckpt", resumed, fresh) == 0
+    (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
+    with pytest.raises(DMError, match="not a readable checkpoint"):
+        load_checkpoint(tmp_path / "bad.ckpt", resumed, fresh)
+
+
+def test_9_gdumb_plugin_state_is_checkpointed(cl, digits_tensors, tmp_path):
+    """GDumbMemoryPlugin's initial model goes with the checkpoint: the resumed run resets to the same values."""
+    from continual.checkpoint import load_checkpoint, save_checkpoint
+    from dm_core import TrainConfig
+
+    stream = tensor_benchmark(digits_tensors).train_stream
+
+    def build():
+        memory = cl.CondensedMemory("random", ipc=2, device="cpu")
+        torch.manual_seed(0)
+        model = mlp()
+        plugin = cl.GDumbMemoryPlugin(memory, seed=3, train_config=TrainConfig(epochs=2))
+        return memory, naive(model, [plugin], epochs=0)
+
+    memory, straight = build()
+    for experience in stream[:3]:
+        straight.train(experience)
+    memory, stopped = build()
+    for experience in stream[:2]:
+        stopped.train(experience)
+    save_checkpoint(tmp_path / "g.ckpt", stopped, memory)
+    fresh, resumed = build()
+    with torch.no_grad():
+        for p in resumed.model.parameters():
+            p.add_(1.0)  # the rebuilt model starts elsewhere: the checkpoint's initial values must win
+    assert load_checkpoint(tmp_path / "g.ckpt", resumed, fresh) == 2
+    resumed.train(stream[2])
+    assert all(torch.equal(a, b) for a, b in zip(straight.model.state_dict().values(),
+                                                  resumed.model.state_dict().values()))
