@@ -48,7 +48,7 @@ class MemoryGroup:
     """One class of the memory, as Avalanche's balanced buffers show a group: ``buffer`` (its samples) and
     ``resize`` (keeps its first ``new_size`` images)."""
 
-    def __init__(self, memory: "CondensedMemory", label: int):
+    def __init__(self, memory: CondensedMemory, label: int):
         self.memory, self.label = memory, label
 
     @property
@@ -102,8 +102,9 @@ class CondensedMemory(ExemplarsBuffer):
             raise DMError(f"give mean and std together, std positive (got mean {mean}, std {std})")
         if max_size is None and ipc is None:
             ipc = 20
-        self.builder = MemoryBuilder(method, 1 if ipc is None else ipc, seed=seed, device=device, options=builder_options, name=name,
-                                     num_classes=total, cache_dir=None if cache_dir is None else Path(cache_dir),
+        self.builder = MemoryBuilder(method, 1 if ipc is None else ipc, seed=seed, device=device,
+                                     options=builder_options, name=name, num_classes=total,
+                                     cache_dir=None if cache_dir is None else Path(cache_dir),
                                      progress=progress)
         self.per_class = ipc  # the DM way: a fixed number per (task, class); None: a share of the budget
         self.budget = max_size  # Avalanche's way: images in all; None: ipc per class

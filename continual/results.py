@@ -86,7 +86,7 @@ def read_results(path: str | Path):
     return frame
 
 
-def read_many(paths) -> "object":
+def read_many(paths):
     """The rows of several results files as one DataFrame with a ``source`` column ("FILE, line N"); a unit
     recorded twice, in one file or in two, is refused naming both places."""
     paths = [Path(p) for p in paths]

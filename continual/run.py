@@ -43,8 +43,8 @@ def loggers(text: str) -> tuple[str, ...]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = shell.parser("python -m continual.run", "Class-incremental learning, GDumb-style, on a condensed memory (the DM "
-                     "paper's Figures 6 and 7): at every step the memory takes the new classes in, and a network is "
+    p = shell.parser("python -m continual.run", "Class-incremental learning, GDumb-style, on a condensed memory (the "
+                     "DM paper's Figures 6 and 7): at every step the memory takes the new classes in, and a network is "
                      "trained from scratch on the memory and tested on every class seen so far. A rerun of the same "
                      "command continues where it stopped.")
     p.add_argument("--memory", default="dm", choices=(*methods(), "all"),

@@ -267,6 +267,7 @@ def test_7_gdumb_with_the_fast_trainer_on_a_multi_head_model_inside_avalanches_l
     from avalanche.models import MTSimpleMLP
     from avalanche.training import Naive
     from avalanche.training.plugins import EvaluationPlugin
+
     from dm_core import TrainConfig
 
     x, y, xt, yt = digits_tensors

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from cli_harness import assert_clean_refusal, run_cli, snapshot
+
 from dm_core import DMError
 
 TINY_NET = "convnet-d1-w8-relu-instancenorm-avgpool"
@@ -235,7 +235,8 @@ def test_old_results_files_are_still_read_and_appended_in_the_new_layout(tmp_pat
 
 # A run folder as today's main (results version 2, config.json with "runs") writes it: `continual.run --dataset
 # digits --steps 5 --memory dm --ipc 5 --seeds 0 --runs 1 --epochs 50 --iterations 100 --model convnet-w32`.
-MAIN_RESULTS = """dataset,method,steps,ipc,seed,run,step,classes_seen,accuracy_fraction,experience_accuracy_fraction,precision
+MAIN_RESULTS = """\
+dataset,method,steps,ipc,seed,run,step,classes_seen,accuracy_fraction,experience_accuracy_fraction,precision
 digits,dm,5,5,0,0,0,2,1.000000,1.000000,fp32
 digits,dm,5,5,0,0,1,4,0.986395,0.983871 0.988235,fp32
 digits,dm,5,5,0,0,2,6,0.917073,0.967742 0.917647 0.862069,fp32
@@ -332,7 +333,8 @@ def test_the_json_line_is_the_last_line_of_stdout(tmp_path, capsys, run_main):
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary == {"results": str(out / "results.csv"), "rows": 2,
                        "final_accuracy_percent": {"random": summary["final_accuracy_percent"]["random"]}}
-    rows = list(csv.DictReader(open(out / "results.csv", newline="")))
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     assert summary["final_accuracy_percent"]["random"] == round(100 * float(rows[-1]["accuracy_fraction"]), 2)
     stored = json.loads((out / "config.json").read_text())
     assert stored["repeats"] == 1 and stored["augment"] == "color_crop_cutout_flip_scale_rotate"
