@@ -64,25 +64,30 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-train-per-class", type=shell.positive_int,
                    help="keep a fixed random subset of this many training images per class, for CPU-sized runs "
                         "(default: all)")
-    p.add_argument("--option", type=method_option, action="append", default=[], metavar="METHOD.KEY=VALUE",
+    p.add_argument("--option", type=method_option, action="append", metavar="METHOD.KEY=VALUE",
                    help="an option of a memory method, e.g. dm.batch_real=64 or herding.epochs=5; repeatable")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="numeric precision of the training and of the builders")
     p.add_argument("--augment", metavar="STRATEGY",
                    help="augmentation of the training and of the builders that augment: ops joined by '_' (e.g. "
                         "color_crop_cutout_scale_rotate) or none (default: the dataset's)")
-    p.add_argument("--logger", type=loggers, default=("text",), metavar="NAMES",
-                   help="Avalanche loggers, comma-separated: text (into log.txt), csv, tensorboard (under OUT/logs)")
+    p.add_argument("--logger", type=loggers, default="text", metavar="NAMES",
+                   help="Avalanche loggers, comma-separated: text (into log.txt), interactive, csv, tensorboard (under "
+                        "OUT/logs)")
     p.add_argument("--out", type=Path, default=Path("runs/continual"), help="run folder (continued if it exists)")
     shell.add_common(p, dataset="any dm_core dataset: cifar100, mnist, digits, npz:PATH, ...", seed_help=None,
                      compile=True)
     p.set_defaults(dataset="cifar100")
+    for action in p._actions:  # the training after each step runs in Avalanche's loop, which is not compiled
+        if action.dest == "compile":
+            action.help = ("torch.compile the builders' networks: auto (only where the work ahead pays for the compile "
+                           "time), on, off")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> ContinualConfig:
     options: dict[str, dict] = {}
-    for method, key, value in args.option:
+    for method, key, value in args.option or ():
         options.setdefault(method, {})[key] = value
     return ContinualConfig(
         out=args.out, dataset=args.dataset, data_root=args.data_root, steps=args.steps,
