@@ -76,12 +76,12 @@ def run_continual_cli(data, seed: int, method: str, args, scratch: Path) -> list
     from continual.run import config_from_args, parser
 
     argv = ["--dataset", "mnist", "--steps", str(STEPS), "--memory", method, "--ipc", str(IPC), "--seeds", str(seed),
-            "--runs", "1", "--epochs", str(args.epochs), "--iterations", str(args.iterations), "--model", args.model,
+            "--repeats", "1", "--epochs", str(args.epochs), "--iterations", str(args.iterations), "--model", args.model,
             "--max-train-per-class", str(args.max_train_per_class), "--option", f"dm.batch_real={args.batch_real}",
             "--device", "cpu", "--out", str(scratch / f"{method}_seed{seed}"), "--no-progress"]
     path = run_continual(config_from_args(parser().parse_args(argv)), data)
-    rows = sorted(read_results(path), key=lambda r: r["step"])
-    return [r["accuracy_fraction"] for r in rows]
+    rows = read_results(path).sort_values("step")
+    return [float(a) for a in rows["accuracy_fraction"]]
 
 
 def table(records: list[dict]) -> str:

@@ -1,9 +1,10 @@
 """continual: GDumb-style class-incremental learning on Avalanche with condensed memories (DM section 3.5).
 
-Avalanche glue over dm_core: ``CondensedMemory`` (a self-contained ``ExemplarsBuffer`` storage policy whose images are
-made by random, herding, DSA or DM), ``GDumbMemoryPlugin`` (a ``SupervisedPlugin``: memory update, model reset,
-training on the memory only), the benchmark of PROTOCOL.md's class orders, and ``run_continual(ContinualConfig)``,
-the function behind ``python -m continual.run``.
+Avalanche glue over dm_core: ``CondensedMemory`` (a class-balanced ``ExemplarsBuffer`` storage policy whose images are
+made by any method of dm_core's registry), ``GDumbMemoryPlugin`` (a ``SupervisedPlugin``: memory update, model reset,
+training on the memory only, in Avalanche's loop), ``save_checkpoint`` / ``load_checkpoint`` (a user's strategy with
+its memory and RNG states), the benchmark of PROTOCOL.md's class orders, and ``run_continual(ContinualConfig)``, the
+function behind ``python -m continual.run``.
 
 Names are imported on first use, so ``python -m continual.run`` checks its input before Avalanche (slow to import)
 is loaded.
@@ -20,9 +21,11 @@ _WHERE = {
     "prepare": "config", "run_continual": "experiment", "training_seed": "experiment", "METHODS": "builder",
     "SCOPE": "builder", "MemoryBuilder": "builder", "step_seed": "builder", "CondensedMemory": "memory",
     "as_avalanche": "memory", "GDumbMemoryPlugin": "plugin", "restore_": "plugin", "COLUMNS": "results",
-    "ResultsTable": "results", "read_results": "results",
+    "ResultsTable": "results", "read_results": "results", "save_checkpoint": "checkpoint",
+    "load_checkpoint": "checkpoint", "check_device": "device", "ResidentBatches": "plugin",
 }
-_MODULES = ("benchmark", "builder", "config", "experiment", "memory", "plugin", "results", "run")
+_MODULES = ("benchmark", "builder", "checkpoint", "config", "device", "experiment", "memory", "plugin", "results",
+            "run")
 __all__ = sorted(_WHERE)
 
 

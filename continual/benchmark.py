@@ -35,17 +35,20 @@ def split_steps(order: Sequence[int], steps: int) -> list[list[int]]:
 
 
 class TensorImages(Dataset):
-    """Images and int labels held as two tensors; ``targets`` is what Avalanche reads to split by class."""
+    """Images and labels held as two tensors; ``targets`` is what Avalanche reads to split by class. A sample's label
+    is an int, or a 0-d tensor with ``tensor_labels`` (as a ``TensorDataset``'s), so that it collates with the
+    stream's samples in one batch."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, tensor_labels: bool = False):
         self.images, self.labels = images, labels.long()
         self.targets = self.labels.tolist()
+        self.tensor_labels = tensor_labels
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, i: int):
-        return self.images[i], self.targets[i]
+        return self.images[i], (self.labels[i] if self.tensor_labels else self.targets[i])
 
 
 def make_benchmark(data: ImageDataset, order: Sequence[int], steps: int):

@@ -1,53 +1,71 @@
 """One step's memory for one task label: ``MemoryBuilder`` turns a step's images into ``ipc`` images per class.
 
-New classes get ``dm_core.make_set(method, ...)`` on their images. Classes that come back (a class split over two
+Which methods there are, and what each is given at a step, come from ``dm_core.registry``: a method that makes each
+class from its own images only (``Method.per_class``) is given its classes one by one (batched in one call); the
+others train a network on the new classes of the step together. Classes that come back (a class split over two
 experiences, domain-incremental streams) are updated within the same per-class budget:
 
-- random: ``ipc`` images drawn afresh from the class's memory plus its new images;
-- herding: herding afresh over the class's memory plus its new images (the feature network is trained on the
-  step's new images plus the memory of its returning classes);
-- DM and DSA: the class's memory images are optimised further, starting from themselves, for the same number of
-  iterations, with real batches drawn from the class's new images (and from its memory too when fewer than ``ipc``
-  new images came).
+- methods that select real images (random, herding): ``ipc`` images selected afresh from the class's memory plus
+  its new images (herding's feature network is trained on the step's new images plus the memory of its returning
+  classes);
+- methods that learn images (DM, DSA and DM's successors): the class's memory images are optimised further,
+  starting from themselves (``make_set(..., initial=...)``), for the same number of iterations, with real batches
+  drawn from the class's new images (and from its memory too when fewer than ``ipc`` new images came).
 
-DM and DSA start a continuation from a dm_core checkpoint at iteration 0 that holds the memory images, so the
-condensation code is dm_core's own. With ``cache_dir`` every step's result is a dm_core synthetic-set file
-(``stepTT.pt``, ``stepTT_taskK.pt`` for task labels above 0), loaded instead of rebuilt, and DM / DSA keep a
-checkpoint beside it while they run, so an interrupted step resumes.
+A class with no more than ``ipc`` images in all (an online stream, a small experience) keeps its images as they are,
+as Avalanche's class-balanced buffers do, and is condensed once it has more.
+
+With ``cache_dir`` every step's result is a dm_core synthetic-set file (``stepTT-KEY.pt``, ``stepTT_taskK-KEY.pt``
+for task labels above 0), loaded instead of rebuilt, and the learning methods keep a checkpoint beside it while they
+run (``stepTT-KEY.ckpt``), so an interrupted step resumes. KEY digests everything that changes the set (method,
+options, budget, seeds, normalisation and the images it is made from), so one folder can serve several memories.
 """
 from __future__ import annotations
 
-import dataclasses
-import tempfile
-from dataclasses import dataclass, field
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import torch
 
-from dm_core import DMError, ImageDataset, SyntheticSet, make_generator, make_set, resolve_device
-from dm_core.condense import Checkpointer
-from dm_core.methods import CONDENSERS
-from dm_core.methods import check_options as dm_core_check_options
-from dm_core.successors import SUCCESSORS
+from dm_core import DMError, ImageDataset, SyntheticSet, make_set
+from dm_core.engine import discard_checkpoint
+from dm_core.registry import get_method, list_methods
 
-PAPER_METHODS = ("random", "herding", "dsa", "dm")  # the DM paper's memories (Figures 6 and 7): --memory all
-METHODS = (*PAPER_METHODS, *SUCCESSORS)  # and DM's successors, by name
+from .device import check_device
 
-# What each method is given at a step (PROTOCOL.md section 6). "per class" methods treat each class on its own (DM's
-# loss is a sum of independent per-class terms on a BN-free ConvNet, so condensing the new classes in one call is the
-# per-class objective, just batched); "new classes" methods train a network on the step's data together.
-SCOPE = {"random": "per class", "dm": "per class", "m3d": "per class", "datadam": "per class", "ddm": "per class",
-         "herding": "new classes of the step", "dsa": "new classes of the step",
-         "idm": "new classes of the step"}  # IDM's model queue trains on the step's images of all its new classes
-UPDATE_RULE = {
-    "random": "reselect at random from the class's memory plus its new images",
-    "herding": "reselect by herding from the class's memory plus its new images",
-    "dm": "continue optimising the class's memory images on its new images",
-    "dsa": "continue optimising the class's memory images on its new images",
-    **{m: "continue optimising the class's memory images on its new images" for m in SUCCESSORS},
-}
-CONFIGS = dict(CONDENSERS)  # dm, dsa and DM's successors
+
+def methods() -> tuple[str, ...]:
+    """Every registered method, in the registry's order (``continual.run --memory``)."""
+    return tuple(list_methods())
+
+
+def paper_methods() -> tuple[str, ...]:
+    """The DM paper's memories (Figures 6 and 7): ``continual.run --memory all``."""
+    return tuple(list_methods(paper=True))
+
+
+def scope(method: str) -> str:
+    """What a method is given at a step (PROTOCOL.md section 6). Per-class methods treat each class on its own (DM's
+    loss is a sum of independent per-class terms on a BN-free ConvNet, so condensing the new classes in one call is
+    the per-class objective, just batched); the others train a network on the step's data together."""
+    return "per class" if get_method(method).per_class else "new classes of the step"
+
+
+def update_rule(method: str) -> str:
+    """How a method updates a class that comes back."""
+    if get_method(method).learns:
+        return "continue optimising the class's memory images on its new images"
+    return f"reselect by {method} from the class's memory plus its new images"
+
+
+# Views of the registry at import time, for readers of the docs and older callers; the functions above are the source.
+METHODS = methods()
+PAPER_METHODS = paper_methods()
+SCOPE = {m: scope(m) for m in METHODS}
+UPDATE_RULE = {m: update_rule(m) for m in METHODS}
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -56,21 +74,19 @@ def step_seed(seed: int, step: int) -> int:
 
 
 def check_options(method: str, ipc: int, options: Mapping) -> dict:
-    """``options`` checked against dm_core's configuration of ``method`` (names and values), before any work.
-
-    Returns them without the ``None`` values (which mean "the method's default").
-    """
-    if method not in METHODS:
-        raise DMError(f"unknown memory method {method!r}: choose one of {', '.join(METHODS)}")
-    if not isinstance(ipc, int) or isinstance(ipc, bool) or ipc < 1:
-        raise DMError(f"ipc must be a positive integer, got {ipc!r}")
+    """``options`` checked once, through the method's registered configuration (names, types and values), before
+    any work. Returns them without the ``None`` values (which mean "the method's default")."""
+    if method not in list_methods():
+        raise DMError(f"unknown memory method {method!r}: choose one of {', '.join(list_methods())}")
     options = {str(k): v for k, v in dict(options).items() if v is not None}
     fixed = sorted(set(options) & {"ipc", "seed"})
     if fixed:
         raise DMError(f"{method} option(s) {', '.join(fixed)} cannot be set: the memory's ipc and seed decide them")
-    if "model" in options and not isinstance(options["model"], str):
-        raise DMError(f"{method}.model must be a network name, got {options['model']!r}")
-    dm_core_check_options(method, ipc, **options)
+    try:
+        get_method(method).configure(ipc, 0, **options)
+    except DMError as exc:  # a value check of the configuration may not say whose option it is
+        message = str(exc)
+        raise DMError(message if method in message.replace(",", " ").split() else f"{method}: {message}") from None
     return options
 
 
@@ -95,48 +111,90 @@ class MemoryBuilder:
 
     def __post_init__(self):
         object.__setattr__(self, "options", check_options(self.method, self.ipc, self.options))
+        # every method, selecting or learning, gets the device checked here, not after an experience was trained
+        object.__setattr__(self, "device", str(check_device(self.device)))
 
-    def path(self, step: int, task: int = 0, suffix: str = ".pt") -> Path | None:
+    @property
+    def learns(self) -> bool:
+        return get_method(self.method).learns
+
+    def key(self, ipc: int, step: int, task: int, images: torch.Tensor, labels: torch.Tensor,
+            held: Mapping[int, torch.Tensor], mean, std) -> str:
+        """A digest of everything that makes a step's set what it is: the method and its options, the budget, the
+        seeds, the normalisation and the images it is made from (new and held). Cache files and checkpoints carry
+        it in their names, so a memory of another method, other options or other data never reads them."""
+        recipe = json.dumps({"method": self.method, "options": {k: repr(v) for k, v in sorted(self.options.items())},
+                             "ipc": ipc, "seed": step_seed(self.seed, step), "task": task, "name": self.name,
+                             "num_classes": self.num_classes, "mean": mean and list(mean), "std": std and list(std)},
+                            sort_keys=True)
+        digest = hashlib.sha256(recipe.encode())
+        for tensor in (images, labels, *(t for _, t in sorted(held.items()))):
+            digest.update(tensor_bytes(tensor))
+        digest.update(repr(sorted(held)).encode())
+        return digest.hexdigest()[:16]
+
+    def path(self, step: int, task: int = 0, suffix: str = ".pt", key: str = "") -> Path | None:
         if self.cache_dir is None:
             return None
-        return Path(self.cache_dir) / (f"step{step:02d}" + (f"_task{task}" if task else "") + suffix)
+        name = f"step{step:02d}" + (f"_task{task}" if task else "") + (f"-{key}" if key else "")
+        return Path(self.cache_dir) / (name + suffix)
 
     def __call__(self, images: torch.Tensor, labels: torch.Tensor, step: int, task: int = 0,
                  held: Mapping[int, torch.Tensor] | None = None, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None) -> SyntheticSet:
-        """``ipc`` images for every class in ``labels``: built from ``images`` for new classes, updated from
-        ``held[c]`` (the class's current memory images) for returning ones. Images are unit-scale (normalised)."""
+                 std: Sequence[float] | None = None, ipc: int | None = None) -> SyntheticSet:
+        """At most ``ipc`` (default: the builder's) images for every class in ``labels``: built from ``images`` for
+        new classes, updated from ``held[c]`` (the class's current memory images) for returning ones. A class with
+        no more than ``ipc`` images in all (new plus held) keeps them as they are, as a class-balanced buffer does;
+        it is condensed once it has more. Images are unit-scale (normalised)."""
+        ipc = self.ipc if ipc is None else ipc
         held = dict(held or {})
         classes = sorted(set(labels.tolist()))
-        path = self.path(step, task)
+        key = self.key(ipc, step, task, images, labels, held, mean, std) if self.cache_dir is not None else ""
+        path = self.path(step, task, key=key)
         if path is not None and path.is_file():
-            cached = SyntheticSet.load(path)
-            if cached.classes() != classes or len(cached) != self.ipc * len(classes):
-                raise DMError(f"{path} holds classes {cached.classes()} ({len(cached)} images), not the "
-                              f"{self.ipc} per class of {classes} this run needs: use another --out")
-            return cached
-        data = self._dataset(images, labels, mean, std)
+            return SyntheticSet.load(path)
         seed = step_seed(self.seed, step)
+        available = {c: int((labels == c).sum()) + len(held.get(c, ())) for c in classes}
+        few = [c for c in classes if available[c] <= ipc]  # kept as they are: nothing to condense yet
+        full = [c for c in classes if c not in few and c in held and len(held[c]) == ipc]
+        grown = [c for c in classes if c not in few and c not in full]  # new, or held below ipc and now above
+        parts = []
+        if not self.learns and (full or grown):  # selection: afresh from the memory plus the new images
+            chosen = full + grown
+            pool = self._pool(images, labels, held, chosen, [c for c in chosen if c in held])
+            parts.append(self._make(self._dataset(*pool, mean, std), sorted(chosen), seed, None, ipc))
+        elif full or grown:
+            if grown:
+                pool = self._pool(images, labels, held, grown, [c for c in grown if c in held])
+                parts.append(self._make(self._dataset(*pool, mean, std), grown, seed,
+                                        self.path(step, task, ".ckpt", key), ipc))
+            if full:
+                parts.append(self._continue(self._dataset(images, labels, mean, std), held, full, seed,
+                                            self.path(step, task, ".returning.ckpt", key), ipc))
+        if few:
+            parts.append(self._kept(images, labels, held, few))
+        synset = SyntheticSet.concat(parts)
         returning = [c for c in classes if c in held]
-        new = [c for c in classes if c not in held]
-        if self.method in ("random", "herding"):
-            pool = self._dataset(torch.cat([images, *(held[c] for c in returning)]),
-                                 torch.cat([labels, *(torch.full((len(held[c]),), c) for c in returning)]), mean, std)
-            synset = self._make(pool, classes, seed, self.path(step, task, ".ckpt"))
-        else:
-            parts = []
-            if new:
-                parts.append(self._make(data, new, seed, self.path(step, task, ".ckpt")))
-            if returning:
-                parts.append(self._continue(data, held, returning, seed, self.path(step, task, ".returning.ckpt")))
-            synset = SyntheticSet.concat(parts)
-        synset.meta.update(step=step, task=task, step_classes=classes, returning_classes=returning,
-                           order_seed=self.seed, scope=SCOPE[self.method], update_rule=UPDATE_RULE[self.method])
+        synset.meta.update(step=step, task=task, step_classes=classes, returning_classes=returning, kept_classes=few,
+                           order_seed=self.seed, scope=scope(self.method), update_rule=update_rule(self.method))
         if path is not None:
             synset.save(path)
             for suffix in (".ckpt", ".returning.ckpt"):
-                self.path(step, task, suffix).unlink(missing_ok=True)
+                discard_checkpoint(self.path(step, task, suffix, key))  # the saved set supersedes them
         return synset
+
+    @staticmethod
+    def _pool(images, labels, held, classes, returning) -> tuple[torch.Tensor, torch.Tensor]:
+        """The new images of ``classes`` plus the held images of ``returning``."""
+        keep = torch.isin(labels, torch.as_tensor(classes, dtype=labels.dtype))
+        return (torch.cat([images[keep], *(held[c] for c in returning)]),
+                torch.cat([labels[keep].long(), *(torch.full((len(held[c]),), c) for c in returning)]))
+
+    def _kept(self, images, labels, held, classes) -> SyntheticSet:
+        """Every image of ``classes`` (held, then new), unchanged."""
+        x, y = self._pool(images, labels, held, classes, [c for c in classes if c in held])
+        order = torch.argsort(y, stable=True)
+        return SyntheticSet(x[order], y[order], {"method": self.method, "kept": True})
 
     def _dataset(self, images: torch.Tensor, labels: torch.Tensor, mean, std) -> ImageDataset:
         num_classes = max(self.num_classes or 0, int(labels.max()) + 1)
@@ -145,32 +203,30 @@ class MemoryBuilder:
                             tuple(mean or (0.0,) * channels), tuple(std or (1.0,) * channels),
                             tuple(str(c) for c in range(num_classes)))
 
-    def _make(self, data: ImageDataset, classes: list[int], seed: int, checkpoint: Path | None) -> SyntheticSet:
-        resumable = {}
-        if self.method in CONFIGS and checkpoint is not None:
-            resumable = {"checkpoint": checkpoint, "resume": True}
-        return make_set(self.method, data, self.ipc, classes=classes, seed=seed, device=self.device,
-                        progress=self.progress, **resumable, **self.options)
+    def _make(self, data: ImageDataset, classes: list[int], seed: int, checkpoint: Path | None, ipc: int,
+              initial: torch.Tensor | None = None) -> SyntheticSet:
+        state = {}
+        if self.learns:  # only learning methods keep checkpoints or start from given images
+            state = {"checkpoint": checkpoint, "resume": checkpoint is not None, "initial": initial}
+        return make_set(self.method, data, ipc, classes=classes, seed=seed, device=self.device,
+                        progress=self.progress, **state, **self.options)
 
     def _continue(self, data: ImageDataset, held: Mapping[int, torch.Tensor], classes: list[int], seed: int,
-                  checkpoint: Path | None) -> SyntheticSet:
-        """DM / DSA from the memory's images: a checkpoint at iteration 0 holding them, then dm_core resumes it."""
+                  checkpoint: Path | None, ipc: int) -> SyntheticSet:
+        """A learning method started from the memory's images (``initial``); an interrupted continuation resumes
+        from its checkpoint (the engine only resumes a checkpoint made from the same initial images)."""
         keep = torch.isin(data.y_train, torch.as_tensor(classes))
         x, y = data.x_train[keep], data.y_train[keep]
         counts = torch.bincount(y, minlength=data.num_classes)
-        few = [c for c in classes if counts[c] < self.ipc]  # too few new images to draw a real batch from
+        few = [c for c in classes if counts[c] < ipc]  # too few new images to draw a real batch from
         if few:
             x = torch.cat([x, *(held[c] for c in few)])
             y = torch.cat([y, *(torch.full((len(held[c]),), c) for c in few)])
-        data = dataclasses.replace(data, x_train=x, y_train=y)
-        with tempfile.TemporaryDirectory(prefix="dm-memory-") as scratch:
-            path = checkpoint or Path(scratch) / "continue.ckpt"
-            if not path.is_file():  # else an interrupted continuation picks up where it stopped
-                config = CONFIGS[self.method](ipc=self.ipc, seed=seed, **self.options)
-                start = torch.cat([held[c] for c in classes]).clone()
-                lr = config.image_lr if hasattr(config, "image_lr") else config.lr_img  # DM and its successors
-                optimizer = torch.optim.SGD([start], lr=lr, momentum=0.5)  # as dm_core's Condensation makes it
-                generator = make_generator(seed, resolve_device(self.device))
-                Checkpointer(path, self.method, config, classes, data.name).save(0, start, optimizer, generator, [])
-            return make_set(self.method, data, self.ipc, classes=classes, seed=seed, device=self.device,
-                            progress=self.progress, checkpoint=path, resume=True, **self.options)
+        start = torch.cat([held[c] for c in classes])
+        return self._make(replace(data, x_train=x, y_train=y), classes, seed, checkpoint, ipc, initial=start)
+
+
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """The bytes of a tensor's values (with its shape and dtype), for digests."""
+    tensor = tensor.detach().cpu().contiguous()
+    return repr((tuple(tensor.shape), str(tensor.dtype))).encode() + tensor.view(-1).view(torch.uint8).numpy().tobytes()

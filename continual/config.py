@@ -10,37 +10,42 @@ from typing import Mapping
 
 import torch
 
-from dm_core import (CONDENSERS, DMError, ImageDataset, SyntheticSet, atomic_write_text, build_model, load_dataset,
-                     resolve_device)
-
+from dm_core import DMError, ImageDataset, SyntheticSet, atomic_write_text, build_model, load_dataset
+from dm_core.augment import DEFAULT_STRATEGY, default_strategy, parse_strategy
 from dm_core.compile import check_compile
 from dm_core.io import file_lock
-from dm_core.methods import COMPILED_METHODS
+from dm_core.precision import PRECISIONS
+from dm_core.registry import get_method, list_methods
 
-from .builder import METHODS, check_options
+from .builder import check_options
+from .device import check_device
 from .results import read_results
 
 CONFIG_FILE = "config.json"
-LOGGERS = ("text", "csv", "tensorboard")
-PRECISIONS = ("fp32", "bf16")
-# Fields that fix what a result means: a run directory accepts new methods, seeds and runs, but not a change of these.
-# ``method_options`` are compared per method (see ``changed_settings``): a new method may bring its own options.
-PROTOCOL_FIELDS = ("dataset", "steps", "ipc", "epochs", "iterations", "model", "max_train_per_class", "precision")
-# Fields that run directories from before they existed lack, with the value those runs used on the CPU.
-FORMER_DEFAULTS = {"precision": "fp32"}
+LOGGERS = ("text", "interactive", "csv", "tensorboard")
+# Fields that fix what a result means: a run directory accepts new methods, seeds and repeats, but not a change of
+# these. ``method_options`` are compared per method (see ``changed_settings``): a new method may bring its own options.
+PROTOCOL_FIELDS = ("dataset", "steps", "ipc", "epochs", "iterations", "model", "max_train_per_class", "precision",
+                   "augment")
+# Fields that run directories from before they existed lack, with the value those runs used.
+FORMER_DEFAULTS = {"precision": "fp32", "augment": DEFAULT_STRATEGY}
+# Fields stored under an earlier name: earlier name -> name now.
+RENAMED_FIELDS = {"runs": "repeats"}
 
 
 @dataclass(frozen=True)
 class ContinualConfig:
-    """PROTOCOL.md section 6 by default: CIFAR-100, 20 images per class, orders 0-4, 3 runs, 1000 epochs.
+    """PROTOCOL.md section 6 by default: CIFAR-100, 20 images per class, orders 0-4, 3 repeats, 1000 epochs.
 
-    ``iterations`` (DM and DSA) and ``method_options`` ({method: {option: value}}) go to the memory builders; None
-    keeps each method's default. ``model`` is the network trained on the memory and, unless an option says
-    otherwise, the network the builders use. ``max_train_per_class`` keeps a fixed random subset of each class's
-    training images (None: all), a knob for CPU-sized runs. ``precision`` is that of the training and of the
-    builders ("fp32", the reference's, or "bf16"); ``compile`` ("auto", "on", "off") is whether they are compiled
-    (it changes the speed, not what a result means). ``loggers`` are Avalanche's loggers of the evaluations: "text"
-    into log.txt, "csv" and "tensorboard" under logs/.
+    ``repeats`` trainings from scratch per class order. ``iterations`` (methods that learn images) and
+    ``method_options`` ({method: {option: value}}) go to the memory builders; None keeps each method's default.
+    ``model`` is the network trained on the memory and, unless an option says otherwise, the network the builders
+    use. ``max_train_per_class`` keeps a fixed random subset of each class's training images (None: all), a knob for
+    CPU-sized runs. ``precision`` is that of the training and of the builders ("fp32", the reference's, or "bf16");
+    ``augment`` the augmentation strategy of the training and of the builders that augment (ops joined by "_", or
+    "none"; None: the dataset's, ``dm_core.augment.default_strategy``); ``compile`` ("auto", "on", "off") whether
+    they are compiled (it changes the speed, not what a result means). ``loggers`` are Avalanche's loggers of the
+    evaluations: "text" into log.txt, "csv" and "tensorboard" under logs/.
     """
 
     out: Path = Path("runs/continual")
@@ -50,18 +55,24 @@ class ContinualConfig:
     methods: tuple[str, ...] = ("dm",)
     ipc: int = 20
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
-    runs: int = 3
+    repeats: int = 3
     epochs: int = 1000
     iterations: int | None = None
     model: str = "convnet"
     max_train_per_class: int | None = None
     method_options: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
     precision: str = "fp32"
+    augment: str | None = None
     compile: str = "auto"
     loggers: tuple[str, ...] = ("text",)
     device: str = "auto"
     threads: int | None = None
     progress: bool = True
+
+    @property
+    def strategy(self) -> str:
+        """The augmentation strategy in force: ``augment``, or the dataset's."""
+        return self.augment if self.augment is not None else default_strategy(self.dataset)
 
     def to_json(self) -> dict:
         values = dataclasses.asdict(self)
@@ -69,38 +80,38 @@ class ContinualConfig:
         values["methods"], values["seeds"] = list(self.methods), list(self.seeds)
         values["loggers"] = list(self.loggers)
         values["method_options"] = {m: dict(o) for m, o in self.method_options.items()}
+        values["augment"] = self.strategy
         return values
 
     def builder_options(self, method: str) -> dict:
-        """The options ``dm_core.make_set`` gets for ``method``."""
-        options: dict = {}
-        if method in CONDENSERS or method == "herding":  # dm, dsa, DM's successors and herding
-            options["model"] = self.model
-            options["precision"] = self.precision
-        if method in COMPILED_METHODS:
-            options["compile"] = self.compile
-        if method in CONDENSERS and self.iterations is not None:
-            options["iterations"] = self.iterations
+        """The options ``dm_core.make_set`` gets for ``method``: the run's shared settings where the method has such
+        an option, then the method's own options (which win)."""
+        info = get_method(method)
+        shared = {"model": self.model, "precision": self.precision, "compile": self.compile,
+                  "iterations": self.iterations, "augment": self.strategy}
+        options = {k: v for k, v in shared.items() if v is not None and info.supports(k)}
         options.update(self.method_options.get(method, {}))
         return options
 
 
 def _check_fields(config: ContinualConfig) -> None:
-    unknown = [m for m in config.methods if m not in METHODS]
+    known = list_methods()
+    unknown = [m for m in config.methods if m not in known]
     if unknown or not config.methods:
-        raise DMError(f"unknown memory method {', '.join(unknown) or '(none)'}: choose from {', '.join(METHODS)}, all")
-    stray = sorted(set(config.method_options) - set(METHODS))
+        raise DMError(f"unknown memory method {', '.join(unknown) or '(none)'}: choose from {', '.join(known)}")
+    stray = sorted(set(config.method_options) - set(known))
     if stray:
-        raise DMError(f"options given for unknown method(s) {', '.join(stray)}: use {', '.join(METHODS)}")
-    for name, value, least in (("steps", config.steps, 1), ("ipc", config.ipc, 1), ("runs", config.runs, 1),
-                               ("epochs", config.epochs, 1), ("iterations", config.iterations, 1),
-                               ("max-train-per-class", config.max_train_per_class, 1), ("threads", config.threads, 1)):
-        if value is not None and value < least:
-            raise DMError(f"--{name} must be at least {least}, got {value}")
+        raise DMError(f"options given for unknown method(s) {', '.join(stray)}: use {', '.join(known)}")
+    for name in ("steps", "ipc", "repeats", "epochs", "iterations", "max_train_per_class", "threads"):
+        value = getattr(config, name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise DMError(f"{name} must be a whole number of at least 1, got {value!r}")
     if not config.seeds or len(set(config.seeds)) != len(config.seeds) or min(config.seeds) < 0:
-        raise DMError(f"--seeds must be distinct non-negative integers, got {list(config.seeds)}")
+        raise DMError(f"seeds must be distinct non-negative integers, got {list(config.seeds)}")
     if config.precision not in PRECISIONS:
         raise DMError(f"unknown precision {config.precision!r}: use {' or '.join(PRECISIONS)}")
+    if config.augment is not None and config.augment != "none":
+        parse_strategy(config.augment)
     check_compile(config.compile)
     bad = [name for name in config.loggers if name not in LOGGERS]
     if bad or not config.loggers:
@@ -110,15 +121,15 @@ def _check_fields(config: ContinualConfig) -> None:
         try:
             import tensorboard  # noqa: F401  (what Avalanche's TensorboardLogger writes with)
         except ImportError:
-            raise DMError("--logger tensorboard needs the tensorboard package: pip install tensorboard") from None
-    # every method that will run, and every method given options, is checked against dm_core's configs
+            raise DMError("the tensorboard logger needs the tensorboard package: pip install tensorboard") from None
+    # every method that will run, and every method given options, is checked against its registered configuration
     for method in sorted(set(config.methods) | set(config.method_options)):
         check_options(method, config.ipc, config.builder_options(method))
 
 
 def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
-        raise DMError(f"--out {out} is a file, not a run directory: give a folder")
+        raise DMError(f"the run folder {out} is a file: give a folder")
     existing = out
     while not existing.exists():
         existing = existing.parent
@@ -138,13 +149,13 @@ def stored_settings(config: ContinualConfig) -> dict | None:
     """The run directory's stored settings (None when it has none yet), refused with one DMError if ``config``
     changes them (``changed_settings``); reads and so validates its results file."""
     out = Path(config.out)
-    rows = read_results(out / "results.csv") if (out / "results.csv").exists() else []
+    ran = set(read_results(out / "results.csv")["method"]) if (out / "results.csv").exists() else set()
     old = read_settings(out)
     if old is not None:
-        diffs = changed_settings(old, config, {row["method"] for row in rows})
+        diffs = changed_settings(old, config, ran)
         if diffs:
-            raise DMError(f"{config.out} holds a run with other settings ({'; '.join(diffs)}): use another --out to "
-                          f"start afresh")
+            raise DMError(f"{config.out} holds a run with other settings ({'; '.join(diffs)}): use another run "
+                          f"folder to start afresh")
     return old
 
 
@@ -158,7 +169,10 @@ def read_settings(out: Path) -> dict | None:
         if not isinstance(old, dict):
             raise ValueError("not a JSON object")
     except (OSError, ValueError) as exc:
-        raise DMError(f"{path} is not readable ({exc}): use another --out") from None
+        raise DMError(f"{path} is not readable ({exc}): use another run folder") from None
+    for before, now in RENAMED_FIELDS.items():  # a folder written by an earlier version
+        if before in old and now not in old:
+            old[now] = old.pop(before)
     return old
 
 
@@ -216,11 +230,11 @@ def prepare(config: ContinualConfig) -> ImageDataset:
     """Validate everything that can be checked before work starts; return the (capped) dataset. Writes nothing."""
     _check_fields(config)
     _check_out(Path(config.out))
-    resolve_device(config.device)
+    check_device(config.device)
     _check_run_dir(config)
     data = cap_per_class(load_dataset(config.dataset, config.data_root), config.max_train_per_class)
     if data.num_classes % config.steps:
-        raise DMError(f"--steps {config.steps} does not divide the {data.num_classes} classes of {data.name}: "
+        raise DMError(f"steps {config.steps} does not divide the {data.num_classes} classes of {data.name}: "
                       f"use a divisor of {data.num_classes}")
     data.check_ipc(config.ipc)
     models = {config.model} | {str(o["model"]) for o in config.method_options.values() if "model" in o}

@@ -4,7 +4,7 @@ For every memory method and class order (seed), the Avalanche benchmark is repla
 memory takes the new classes in (built once per (method, seed, step) and kept as a synthetic-set file), the network
 goes back to its initial values and is trained from scratch on the whole memory by ``GDumbMemoryPlugin``, and
 Avalanche's evaluation plugin measures the accuracy on the test images of every class seen so far and on each seen
-test experience. Each finished (method, seed, run, step) is a row of ``results.csv`` appended before the next unit
+test experience. Each finished (method, seed, repeat, step) is a row of ``results.csv`` appended before the next unit
 starts, so an interrupted run resumes where it stopped, and several processes can share one run directory.
 
 Run directory::
@@ -12,8 +12,8 @@ Run directory::
     OUT/config.json                           the resolved configuration (of the last process started)
     OUT/results.csv                           one row per unit, see continual.results
     OUT/log.txt                               timings per unit and Avalanche's text log of every evaluation
-    OUT/logs/csv/METHOD/seedS/runR/           Avalanche's CSVLogger files (with --logger csv)
-    OUT/logs/tensorboard/METHOD/seedS/runR/   Avalanche's TensorboardLogger events (with --logger tensorboard)
+    OUT/logs/csv/METHOD/seedS/repeatR/        Avalanche's CSVLogger files (with --logger csv)
+    OUT/logs/tensorboard/METHOD/seedS/repeatR/ Avalanche's TensorboardLogger events (with --logger tensorboard)
     OUT/memory/METHOD/seedS/stepTT.pt         the memory of the classes of step TT (dm_core SyntheticSet)
 """
 from __future__ import annotations
@@ -27,10 +27,11 @@ from typing import TextIO
 import torch
 from tqdm.auto import tqdm
 
-from dm_core import ImageDataset, TrainConfig, build_model, make_generator, reinit_, resolve_device
+from dm_core import ImageDataset, TrainConfig, build_model, make_generator, reinit_
 
 from .benchmark import class_order, make_benchmark
 from .config import ContinualConfig, prepare, store_settings
+from .device import check_device
 from .memory import CondensedMemory
 from .plugin import GDumbMemoryPlugin
 from .results import ResultsTable
@@ -39,9 +40,9 @@ STREAM_ACCURACY = "Top1_Acc_Stream/eval_phase/test_stream"
 EXPERIENCE_ACCURACY = re.compile(r"^Top1_Acc_Exp/eval_phase/test_stream(?:/Task\d+)?/Exp(\d+)$")
 
 
-def training_seed(order_seed: int, run: int) -> int:
-    """Seed of training run ``run`` of class order ``order_seed`` (kept apart from the memory seeds)."""
-    return 100_000 + 100 * order_seed + run
+def training_seed(order_seed: int, repeat: int) -> int:
+    """Seed of training ``repeat`` of class order ``order_seed`` (kept apart from the memory seeds)."""
+    return 100_000 + 100 * order_seed + repeat
 
 
 class RunLog:
@@ -57,12 +58,14 @@ class RunLog:
 
 def make_loggers(names, out: Path, unit: str, log_file: TextIO) -> list:
     """Avalanche's own logger classes: TextLogger into log.txt, CSVLogger and TensorboardLogger under OUT/logs."""
-    from avalanche.logging import CSVLogger, TensorboardLogger, TextLogger
+    from avalanche.logging import CSVLogger, InteractiveLogger, TensorboardLogger, TextLogger
 
     loggers = []
     for name in names:
         if name == "text":
             loggers.append(TextLogger(log_file))
+        elif name == "interactive":
+            loggers.append(InteractiveLogger())
         elif name == "csv":
             loggers.append(CSVLogger(log_folder=str(out / "logs" / "csv" / unit)))
         elif name == "tensorboard":
@@ -80,13 +83,15 @@ def close_loggers(loggers: list) -> None:
 
 def make_strategy(model: torch.nn.Module, plugin: GDumbMemoryPlugin, train_config: TrainConfig,
                   device: torch.device, loggers: list):
-    """A plain Avalanche Naive strategy that runs no epochs of its own: the plugin trains, Avalanche evaluates."""
-    from avalanche.evaluation.metrics import accuracy_metrics
+    """A plain Avalanche Naive strategy whose epochs and optimiser the plugin's recipe sets (``train_epochs=0``); its
+    evaluator measures the training epochs' loss and accuracy and the evaluations' accuracy and loss."""
+    from avalanche.evaluation.metrics import accuracy_metrics, loss_metrics
     from avalanche.training import Naive
     from avalanche.training.plugins import EvaluationPlugin
 
-    evaluator = EvaluationPlugin(accuracy_metrics(experience=True, stream=True), loggers=loggers)
-    optimizer = torch.optim.SGD(model.parameters(), lr=train_config.lr)  # unused: train_epochs=0
+    evaluator = EvaluationPlugin(accuracy_metrics(epoch=True, experience=True, stream=True),
+                                 loss_metrics(epoch=True, experience=True, stream=True), loggers=loggers)
+    optimizer = torch.optim.SGD(model.parameters(), lr=train_config.lr)  # replaced by the recipe's each experience
     return Naive(model=model, optimizer=optimizer, train_mb_size=train_config.batch_size, train_epochs=0,
                  eval_mb_size=1024, device=device, plugins=[plugin], evaluator=evaluator)
 
@@ -103,22 +108,24 @@ def run_continual(config: ContinualConfig, data: ImageDataset | None = None) -> 
         data = prepare(config)
     out = Path(config.out)
     store_settings(config)
-    device = resolve_device(config.device)
+    device = check_device(config.device)
     table = ResultsTable(out / "results.csv")
-    train_config = TrainConfig(epochs=config.epochs, precision=config.precision, compile=config.compile)
-    units = [(m, s, r) for m in config.methods for s in config.seeds for r in range(config.runs)]
+    # the training runs in Avalanche's loop, which is not compiled: --compile is the builders'
+    train_config = TrainConfig(epochs=config.epochs, precision=config.precision, compile="off",
+                               augment=config.strategy)
+    units = [(m, s, r) for m in config.methods for s in config.seeds for r in range(config.repeats)]
     with open(out / "log.txt", "a", encoding="utf-8") as log_file:
         log = RunLog(log_file)
         log(f"start: {json.dumps(config.to_json())}")
         bar = tqdm(units, desc="continual", disable=not config.progress, dynamic_ncols=True)
-        for method, seed, run in bar:
-            bar.set_postfix_str(f"{method} seed {seed} run {run}")
+        for method, seed, repeat in bar:
+            bar.set_postfix_str(f"{method} seed {seed} repeat {repeat}")
             table.refresh()  # another process may have finished units meanwhile
-            if all(table.done(method, config.steps, seed, run, t) for t in range(config.steps)):
+            if all(table.done(method, config.steps, seed, repeat, t) for t in range(config.steps)):
                 continue
-            loggers = make_loggers(config.loggers, out, f"{method}/seed{seed}/run{run}", log_file)
+            loggers = make_loggers(config.loggers, out, f"{method}/seed{seed}/repeat{repeat}", log_file)
             try:
-                run_order(config, data, method, seed, run, table, train_config, device, log, loggers)
+                run_order(config, data, method, seed, repeat, table, train_config, device, log, loggers)
             finally:
                 close_loggers(loggers)
         bar.close()
@@ -126,9 +133,11 @@ def run_continual(config: ContinualConfig, data: ImageDataset | None = None) -> 
     return table.path
 
 
-def run_order(config: ContinualConfig, data: ImageDataset, method: str, seed: int, run: int, table: ResultsTable,
-              train_config: TrainConfig, device: torch.device, log: RunLog, loggers: list) -> None:
-    """One training run over every step of one class order; skips the steps already in ``table``."""
+def run_order(config: ContinualConfig, data: ImageDataset, method: str, seed: int, repeat: int,
+              table: ResultsTable, train_config: TrainConfig, device: torch.device, log: RunLog,
+              loggers: list) -> None:
+    """One training from scratch (``repeat``) over every step of one class order; skips the steps already in
+    ``table``."""
     benchmark = make_benchmark(data, class_order(seed, data.num_classes), config.steps)
     # The stream is already normalised with the dataset's statistics: mean 0 / std 1 leaves it as it is.
     memory = CondensedMemory(method, config.ipc, seed=seed, device=str(device), num_classes=data.num_classes,
@@ -136,9 +145,8 @@ def run_order(config: ContinualConfig, data: ImageDataset, method: str, seed: in
                              cache_dir=Path(config.out) / "memory" / method / f"seed{seed}", progress=config.progress,
                              **config.builder_options(method))
     model = build_model(config.model, data.channels, data.num_classes, data.image_size)
-    reinit_(model, make_generator(training_seed(seed, run), torch.device("cpu")))  # the initial values, seeded
-    plugin = GDumbMemoryPlugin(memory, seed=training_seed(seed, run), train_config=train_config,
-                               progress=config.progress)
+    reinit_(model, make_generator(training_seed(seed, repeat), torch.device("cpu")))  # the initial values, seeded
+    plugin = GDumbMemoryPlugin(memory, seed=training_seed(seed, repeat), train_config=train_config)
     strategy = make_strategy(model, plugin, train_config, device, loggers)
     steps = tqdm(benchmark.train_stream, desc="steps", leave=False, disable=not config.progress,
                  dynamic_ncols=True)
@@ -147,7 +155,7 @@ def run_order(config: ContinualConfig, data: ImageDataset, method: str, seed: in
         started = time.perf_counter()
         memory.post_adapt(None, experience)  # built, or loaded from its step file; the plugin's call is then a no-op
         built = time.perf_counter()
-        if table.done(method, config.steps, seed, run, step):
+        if table.done(method, config.steps, seed, repeat, step):
             continue
         strategy.train(experience)
         trained = time.perf_counter()
@@ -155,10 +163,10 @@ def run_order(config: ContinualConfig, data: ImageDataset, method: str, seed: in
         accuracy, per_experience = float(metrics[STREAM_ACCURACY]), experience_accuracies(metrics, step + 1)
         seen = len(memory.classes())
         written = table.add({"dataset": data.name, "method": method, "steps": config.steps, "ipc": config.ipc,
-                             "seed": seed, "run": run, "step": step, "classes_seen": seen,
+                             "seed": seed, "repeat": repeat, "step": step, "classes_seen": seen,
                              "accuracy_fraction": accuracy, "experience_accuracy_fraction": per_experience,
-                             "precision": config.precision})
-        log(f"{method} seed={seed} run={run} step={step} classes_seen={seen} accuracy={100 * accuracy:.2f}% "
+                             "precision": config.precision, "augment": config.strategy})
+        log(f"{method} seed={seed} repeat={repeat} step={step} classes_seen={seen} accuracy={100 * accuracy:.2f}% "
             f"experiences=[{' '.join(f'{100 * a:.1f}' for a in per_experience)}]% memory_s={built - started:.1f} "
             f"train_s={trained - built:.1f} eval_s={time.perf_counter() - trained:.1f}"
             + ("" if written else " (already recorded by another process)"))
@@ -167,10 +175,9 @@ def run_order(config: ContinualConfig, data: ImageDataset, method: str, seed: in
 
 
 def final_accuracies(config: ContinualConfig, table: ResultsTable) -> dict:
-    """{method: mean accuracy (%) after the last step over this configuration's seeds and runs}."""
-    finals: dict = {}
-    for row in table.rows:
-        if row["step"] == config.steps - 1 and row["method"] in config.methods and row["seed"] in config.seeds \
-                and row["run"] < config.runs and row["steps"] == config.steps:
-            finals.setdefault(row["method"], []).append(100 * row["accuracy_fraction"])
-    return {m: round(sum(v) / len(v), 2) for m, v in finals.items()}
+    """{method: mean accuracy (%) after the last step over this configuration's seeds and repeats}."""
+    rows = table.rows
+    rows = rows[(rows["step"] == config.steps - 1) & rows["method"].isin(config.methods)
+                & rows["seed"].isin(config.seeds) & (rows["repeat"] < config.repeats) & (rows["steps"] == config.steps)]
+    means = (100 * rows["accuracy_fraction"]).groupby(rows["method"], sort=False).mean()
+    return {method: round(float(mean), 2) for method, mean in means.items()}

@@ -1,163 +1,150 @@
-"""The tidy results table of a run directory: one row per (method, seed, run, step), appended under a file lock.
+"""The tidy results table of a run directory: one row per (method, seed, repeat, step), on ``dm_core.records``.
 
-Columns: ``accuracy_fraction`` is the top-1 accuracy in [0, 1] on the test images of every class seen so far (the
-stream); ``experience_accuracy_fraction`` holds the accuracy on each seen test experience, experiences 0..step in
-stream order, separated by spaces (a row of the accuracy matrix); ``precision`` is the training's numeric precision.
-Files written before these columns existed (``accuracy`` instead of ``accuracy_fraction``) are still read.
+Columns (``SCHEMA``, version 3): ``accuracy_fraction`` is the top-1 accuracy in [0, 1] on the test images of every
+class seen so far (the stream); ``experience_accuracy_fraction`` holds the accuracy on each seen test experience,
+experiences 0..step in stream order, separated by spaces (a row of the accuracy matrix); ``repeat`` numbers the
+trainings from scratch of one class order; ``precision`` is the training's numeric precision and ``augment`` its
+augmentation strategy. A unit of work is (dataset, method, steps, ipc, seed, repeat, step).
 
-Several ``continual.run`` processes may write one run directory at once (different ``--seeds``, say): each row is
-one ``write`` to a file opened for appending, under an exclusive ``flock``, and a row already present is not
-written again, so no process loses another's rows.
+Files written by earlier versions are read in this layout (and rewritten in it by the next append): version 2 (today's
+``run`` instead of ``repeat``, no ``augment``) and version 1 (``accuracy`` instead of ``accuracy_fraction``, with or
+without the per-experience and precision columns). Those runs trained with the six-group augmentation strategy in
+fp32, which is what their missing columns are filled with.
+
+Several ``continual.run`` processes may write one run directory at once (different ``--seeds``, say): each append is
+an atomic rewrite under the table's lock (``dm_core.records.Table``), and a unit already recorded is not recorded
+again, so no process loses another's rows.
 """
 from __future__ import annotations
 
-import csv
-import io
-import os
-from contextlib import contextmanager
+import itertools
 from pathlib import Path
 
-from dm_core import DMError, atomic_write_text
+from dm_core import DMError
+from dm_core.augment import DEFAULT_STRATEGY
+from dm_core.records import Column, Schema, Table, read_tables
 
-try:
-    import fcntl
-except ImportError:  # not POSIX: no locking (one writer per run directory)
-    fcntl = None
-
-COLUMNS = ("dataset", "method", "steps", "ipc", "seed", "run", "step", "classes_seen", "accuracy_fraction",
-           "experience_accuracy_fraction", "precision")
-OLD_COLUMNS = {"accuracy": "accuracy_fraction"}  # earlier name -> current name
-_INTS = ("steps", "ipc", "seed", "run", "step", "classes_seen")
-_REQUIRED = ("dataset", "method", *_INTS, "accuracy_fraction")
+KEY = ("dataset", "method", "steps", "ipc", "seed", "repeat", "step")
+_COLUMNS = (Column("dataset"), Column("method"), Column("steps", "int"), Column("ipc", "int"), Column("seed", "int"),
+            Column("repeat", "int"), Column("step", "int"), Column("classes_seen", "int"),
+            Column("accuracy_fraction", "fraction"), Column("experience_accuracy_fraction", "fractions", optional=True),
+            Column("precision"), Column("augment"))
 
 
-def unit_key(method: str, steps: int, seed: int, run: int, step: int) -> tuple:
-    return (method, int(steps), int(seed), int(run), int(step))
+def _upgrade(accuracy: str):
+    """Rows of an earlier layout in this one: ``run`` is ``repeat``, the accuracy column is ``accuracy_fraction``,
+    and what those runs did not record is what they used (fp32, the six-group strategy, no per-experience
+    accuracies when the column is missing)."""
+    def upgrade(frame):
+        frame = frame.rename(columns={"run": "repeat", accuracy: "accuracy_fraction"})
+        for name, value in (("experience_accuracy_fraction", ""), ("precision", "fp32"), ("augment", DEFAULT_STRATEGY)):
+            if name not in frame.columns:
+                frame[name] = value
+        frame["precision"] = frame["precision"].replace("", "fp32")
+        return frame
+    return upgrade
 
 
-def _fraction(text: str, where: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{where} {text!r} is not a fraction in [0, 1]")
-    return value
+def _older_headers() -> dict:
+    """Every header an earlier version wrote: ``accuracy`` (version 1) or ``accuracy_fraction`` (version 2), each
+    with or without the per-experience and precision columns."""
+    upgrades = {}
+    base = ("dataset", "method", "steps", "ipc", "seed", "run", "step", "classes_seen")
+    for accuracy, experience, precision in itertools.product(("accuracy", "accuracy_fraction"), (True, False),
+                                                             (True, False)):
+        header = (*base, accuracy, *(("experience_accuracy_fraction",) if experience else ()),
+                  *(("precision",) if precision else ()))
+        upgrades[header] = _upgrade(accuracy)
+    return upgrades
 
 
-def parse_rows(text: str, path: Path) -> list[dict]:
-    """Typed rows of a results file's text; any malformed content is a DMError naming the file and line."""
-    if text and not text.endswith("\n"):
-        raise DMError(f"{path} ends in the middle of a line (a cut-short file): remove the last line, then rerun")
-    try:
-        reader = csv.DictReader(io.StringIO(text))
-        names = [OLD_COLUMNS.get(n, n) for n in (reader.fieldnames or ())]
-        missing = [c for c in _REQUIRED if c not in names]
-        if missing:
-            raise DMError(f"{path} is not a continual results file (columns {', '.join(missing)} missing)")
-        reader.fieldnames = names
-        rows = []
-        for row in reader:
-            line = reader.line_num
-            if None in row or None in row.values():
-                raise ValueError(f"line {line} has {len(row) - (None in row)} fields, the header "
-                                 f"{len(names)}")
-            typed = {**row, **{k: int(row[k]) for k in _INTS}}
-            typed["accuracy_fraction"] = _fraction(row["accuracy_fraction"], "accuracy_fraction")
-            per_experience = (row.get("experience_accuracy_fraction") or "").split()
-            typed["experience_accuracy_fraction"] = [_fraction(v, "experience accuracy") for v in per_experience]
-            if per_experience and len(per_experience) != typed["step"] + 1:
-                raise ValueError(f"line {line} has {len(per_experience)} experience accuracies for step "
-                                 f"{typed['step']}")
-            typed["precision"] = row.get("precision") or ""
-            rows.append(typed)
-        return rows
-    except (ValueError, csv.Error) as exc:
-        raise DMError(f"{path} is not a readable results file ({exc}): fix or remove the bad line") from None
+SCHEMA = Schema("continual-results", 3, _COLUMNS, key=KEY, upgrades=_older_headers(),
+                help="give a results.csv written by continual.run")
+COLUMNS = SCHEMA.names
 
 
-def read_results(path: str | Path) -> list[dict]:
-    """Rows of a results CSV with typed fields (ints, fractions as floats, per-experience accuracies as a list)."""
+def check_rows(frame, where) -> None:
+    """What one row can say wrong that its types do not show: a step outside its steps, or a per-experience list
+    that is not one accuracy per seen experience. ``where(i)`` names row ``i``'s place (file and line)."""
+    for i, row in enumerate(frame[["steps", "step", "experience_accuracy_fraction"]].itertuples(index=False)):
+        if row.steps < 1 or not 0 <= row.step < row.steps:
+            raise DMError(f"{where(i)}: step {row.step} of {row.steps} steps; the file is damaged: fix or remove "
+                          f"that line")
+        if row.experience_accuracy_fraction and len(row.experience_accuracy_fraction) != row.step + 1:
+            raise DMError(f"{where(i)}: {len(row.experience_accuracy_fraction)} experience accuracies at step "
+                          f"{row.step}; the file is damaged: fix or remove that line")
+
+
+def read_results(path: str | Path):
+    """The typed rows of one results file (a pandas DataFrame in ``COLUMNS``), checked; a DMError if there is no
+    file or it cannot be trusted."""
     path = Path(path)
     if not path.is_file():
         raise DMError(f"no results file at {path}")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DMError(f"{path} is not a readable results file ({exc})") from None
-    return parse_rows(text, path)
+    frame = Table(path, SCHEMA).read()
+    check_rows(frame, lambda i: f"{path}, line {i + 2}")
+    return frame
 
 
-def format_row(row: dict) -> dict:
-    """A row as the strings written to the file."""
-    per_experience = row.get("experience_accuracy_fraction") or []
-    if not isinstance(per_experience, str):
-        per_experience = " ".join(f"{v:.6f}" for v in per_experience)
-    return {**{k: row.get(k, "") for k in COLUMNS}, "accuracy_fraction": f"{float(row['accuracy_fraction']):.6f}",
-            "experience_accuracy_fraction": per_experience}
+def read_many(paths):
+    """The rows of several results files as one DataFrame with a ``source`` column ("FILE, line N"); a unit
+    recorded twice, in one file or in two, is refused naming both places."""
+    paths = [Path(p) for p in paths]
+    for path in paths:
+        if not path.is_file():
+            raise DMError(f"no results file at {path}")
+    frame = read_tables(paths, SCHEMA)
+    check_rows(frame, lambda i: frame["source"].iloc[i])
+    return frame
 
 
-def _csv_text(rows: list[dict], header: bool) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    if header:
-        writer.writeheader()
-    writer.writerows(format_row(r) for r in rows)
-    return buffer.getvalue()
+def unit_key(method: str, steps: int, seed: int, repeat: int, step: int) -> tuple:
+    return (method, int(steps), int(seed), int(repeat), int(step))
 
 
 class ResultsTable:
     """``results.csv`` of a run: ``done(...)`` says whether an evaluation unit is recorded (by any process);
-    ``add`` appends one row."""
+    ``add`` records one row."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.table = Table(self.path, SCHEMA)
         self._done: set = set()
         self.refresh()
 
-    def refresh(self) -> list[dict]:
-        """Re-read the file (other processes may have added rows); returns its rows."""
-        rows = read_results(self.path) if self.path.is_file() else []
-        self._done = {unit_key(r["method"], r["steps"], r["seed"], r["run"], r["step"]) for r in rows}
-        return rows
+    def read(self):
+        """Every row (a DataFrame), re-read: other processes may have added rows."""
+        frame = self.table.read()
+        check_rows(frame, lambda i: f"{self.path}, line {i + 2}")
+        return frame
+
+    def refresh(self):
+        frame = self.read()
+        self._done = {unit_key(*r) for r in frame[["method", "steps", "seed", "repeat", "step"]].itertuples(
+            index=False, name=None)}
+        return frame
 
     @property
-    def rows(self) -> list[dict]:
+    def rows(self):
         return self.refresh()
 
-    def done(self, method: str, steps: int, seed: int, run: int, step: int) -> bool:
-        return unit_key(method, steps, seed, run, step) in self._done
-
-    @contextmanager
-    def _locked(self):
-        """The file opened for appending, held under an exclusive lock (the file that is at the path once the lock is
-        held: a writer that rewrote an old layout replaced it)."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        while True:
-            handle = open(self.path, "a", encoding="utf-8", newline="")
-            if fcntl is not None:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-            if not self.path.exists() or os.fstat(handle.fileno()).st_ino != os.stat(self.path).st_ino:
-                handle.close()  # closing drops the lock
-                continue
-            break
-        try:
-            yield handle
-        finally:
-            handle.close()
+    def done(self, method: str, steps: int, seed: int, repeat: int, step: int) -> bool:
+        return unit_key(method, steps, seed, repeat, step) in self._done
 
     def add(self, row: dict) -> bool:
-        """Append ``row`` unless its unit is already in the file; returns whether it was written."""
-        key = unit_key(row["method"], row["steps"], row["seed"], row["run"], row["step"])
-        with self._locked() as handle:
-            text = self.path.read_text(encoding="utf-8")
-            rows = parse_rows(text, self.path) if text else []
-            self._done = {unit_key(r["method"], r["steps"], r["seed"], r["run"], r["step"]) for r in rows}
-            if key in self._done:
-                return False
-            if text and text.splitlines()[0].split(",") != list(COLUMNS):
-                # an older layout: rewrite it once in the current one (still under the lock), then append
-                atomic_write_text(self.path, _csv_text(rows + [row], header=True))
-            else:
-                handle.write(_csv_text([row], header=not text))
-                handle.flush()
-                os.fsync(handle.fileno())
-            self._done.add(key)
-            return True
+        """Record ``row`` unless its unit is recorded already; returns whether it was written. A unit another process
+        recorded meanwhile with other values (a GPU's nondeterminism) keeps the first recording, as when that
+        process had been first to check."""
+        key = unit_key(row["method"], row["steps"], row["seed"], row["repeat"], row["step"])
+        self.refresh()
+        if key in self._done:
+            return False
+        try:
+            written = self.table.append(row) == 1
+        except DMError:
+            self.refresh()
+            if key not in self._done:
+                raise
+            return False
+        self._done.add(key)
+        return written

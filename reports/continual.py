@@ -1,23 +1,24 @@
 """Figures 6 and 7 of DM (continual learning), the accuracy matrices and forgetting, from results CSVs only.
 
-    python -m reports continual RESULTS.csv [RUN_DIR ...] --out DIR
+    python -m reports continual RUN [RUN ...] --out DIR
 
-Each input is a ``results.csv`` written by ``python -m continual.run`` (or a run directory holding one). For every
-(dataset, steps) found it draws test accuracy against the number of classes seen, one curve per memory method, the
-mean over class orders x training runs with a +-1 std band, and -- for CIFAR-100, the paper's setting -- the paper's
+Each RUN is a run folder of ``python -m continual.run`` (or the ``results.csv`` in it), read through continual's
+results schema (``continual.results.SCHEMA``; files of earlier versions included). A unit recorded twice, in one
+file or in two, is refused with one error line naming both places. For every (dataset, steps) found it draws test
+accuracy against the number of classes seen, one curve per memory method, the mean over class orders x repeats
+(trainings from scratch) with a +-1 std band, and -- for CIFAR-100, the paper's setting -- the paper's
 final accuracies as markers (PROTOCOL.md section 6). 5 steps -> figure6.{png,pdf}, 10 steps -> figure7.{png,pdf}.
 Beside each figure, FIGURE_matrix.{png,pdf} shows every method's accuracy matrix (row t: after step t; column e:
 accuracy on the test images of experience e), with its average forgetting in the title. It also writes
 final_accuracy.md / final_accuracy.csv (final accuracy and average forgetting per method) and accuracy_matrix.md.
 All accuracies are in percent. Nothing is trained here.
 
-Average forgetting (Chaudhry et al. 2018) of one class order and run, after the last step T: the mean over the
-experiences e < T of max_{e <= t < T} a[t][e] - a[T][e], in percentage points; mean and std over orders x runs.
+Average forgetting (Chaudhry et al. 2018) of one class order and repeat, after the last step T: the mean over the
+experiences e < T of max_{e <= t < T} a[t][e] - a[T][e], in percentage points; mean and std over orders x repeats.
 Rows from results files older than the per-experience column have no matrix and no forgetting.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import os
@@ -41,89 +42,37 @@ PAPER_FINAL = {5: {"dm": 34.4, "dsa": 31.7, "herding": 28.2, "random": 24.8},
                10: {"dm": 34.6, "dsa": 30.5, "herding": 27.4, "random": 24.8}}
 PAPER_DATASET = "cifar100"
 FIGURE_NUMBER = {5: 6, 10: 7}
-INT_FIELDS = ("steps", "seed", "run", "step", "classes_seen")
-REQUIRED = ("dataset", "method", "steps", "seed", "run", "step", "classes_seen")
-FRACTION = ("accuracy_fraction", "accuracy")  # the column's name now, and in files written before it was renamed
-PER_EXPERIENCE = "experience_accuracy_fraction"
 
 
-def _fraction(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{text!r} is not a fraction in [0, 1]")
-    return value
+def load_rows(paths: list[Path]):
+    """The rows of every results file (a CSV path, or a run directory holding results.csv) as one DataFrame, read
+    through continual's results schema (files of earlier versions included), with the accuracies in percent
+    (``accuracy_percent``, ``experience_accuracy_percent``). A unit recorded twice, in one file or in two, is refused
+    naming both places: one of the two would otherwise silently win."""
+    from continual.results import read_many
 
-
-def _typed(row: dict, accuracy_column: str) -> dict:
-    if None in row or None in row.values():
-        raise ValueError("a row with a different number of fields than the header")
-    typed = {**row, **{k: int(row[k]) for k in INT_FIELDS}, "accuracy": 100 * _fraction(row[accuracy_column])}
-    if typed["steps"] < 1 or not 0 <= typed["step"] < typed["steps"]:
-        raise ValueError(f"step {typed['step']} of {typed['steps']} steps")
-    per_experience = [100 * _fraction(v) for v in (row.get(PER_EXPERIENCE) or "").split()]
-    if per_experience and len(per_experience) != typed["step"] + 1:
-        raise ValueError(f"{len(per_experience)} experience accuracies at step {typed['step']}")
-    typed["experience_accuracy"] = per_experience
-    return typed
-
-
-def read_file(path: Path) -> list[dict]:
-    """Typed rows of one results CSV, accuracies in percent; anything malformed is one DMError naming the line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DMError(f"{path} is not a readable results file ({type(exc).__name__}): give a results.csv written "
-                      f"by continual.run") from None
-    reader = csv.DictReader(io.StringIO(text))
-    try:
-        fields = reader.fieldnames or ()
-        missing = [c for c in REQUIRED if c not in fields]
-        accuracy_column = next((c for c in FRACTION if c in fields), None)
-        if missing or accuracy_column is None:
-            missing += [] if accuracy_column else [FRACTION[0]]
-            raise DMError(f"{path} is not a continual results file (missing {', '.join(missing)})")
-        rows = []
-        for row in reader:
-            try:
-                rows.append(_typed(row, accuracy_column))
-            except (ValueError, TypeError) as exc:
-                raise DMError(f"{path}, line {reader.line_num}: {exc}: fix or remove that line") from None
-        return rows
-    except csv.Error as exc:
-        raise DMError(f"{path}, line {reader.line_num}: not CSV ({exc})") from None
-
-
-def load_rows(paths: list[Path]) -> list[dict]:
-    """Typed rows of every results file (a CSV path, or a run directory holding results.csv); duplicates dropped."""
-    rows, seen = [], set()
-    for path in paths:
-        path = path / "results.csv" if path.is_dir() else path
-        if not path.is_file():
-            raise DMError(f"no results file at {path}")
-        for typed in read_file(path):
-            key = tuple(typed.get(k) for k in ("dataset", "method", "steps", "ipc", "seed", "run", "step"))
-            if key not in seen:
-                seen.add(key)
-                rows.append(typed)
-    if not rows:
+    files = [path / "results.csv" if path.is_dir() else path for path in paths]
+    rows = read_many(files)
+    if not len(rows):
         raise DMError("the results files hold no rows")
+    rows["accuracy_percent"] = 100 * rows["accuracy_fraction"]
+    rows["experience_accuracy_percent"] = [[100 * v for v in values] if values else []
+                                           for values in rows["experience_accuracy_fraction"]]
     return rows
 
 
-def matrices(rows: list[dict]) -> dict:
-    """{(dataset, steps, method): {(seed, run): steps x steps array}} of the units whose every step has its
+def matrices(rows) -> dict:
+    """{(dataset, steps, method): {(seed, repeat): steps x steps array}} of the units whose every step has its
     per-experience accuracies (NaN above the diagonal)."""
-    units: dict = defaultdict(dict)
-    for r in rows:
-        if r["experience_accuracy"]:
-            units[(r["dataset"], r["steps"], r["method"], r["seed"], r["run"])][r["step"]] = r["experience_accuracy"]
     found: dict = defaultdict(dict)
-    for (dataset, steps, method, seed, run), by_step in sorted(units.items()):
-        if len(by_step) == steps:
+    with_matrix = rows[rows["experience_accuracy_percent"].map(len) > 0]
+    for (dataset, steps, method, seed, repeat), unit in with_matrix.groupby(
+            ["dataset", "steps", "method", "seed", "repeat"], sort=True):
+        if unit["step"].nunique() == steps:
             matrix = np.full((steps, steps), np.nan)
-            for t, values in by_step.items():
+            for t, values in zip(unit["step"], unit["experience_accuracy_percent"]):
                 matrix[t, :t + 1] = values
-            found[(dataset, steps, method)][(seed, run)] = matrix
+            found[(dataset, steps, method)][(seed, repeat)] = matrix
     return found
 
 
@@ -135,14 +84,13 @@ def average_forgetting(matrix: np.ndarray) -> float:
     return float(np.mean([matrix[e:last, e].max() - matrix[last, e] for e in range(last)]))
 
 
-def summarise(rows: list[dict]) -> dict:
-    """{(dataset, steps): {method: [(classes_seen, mean %, std %, n), ...]}}: mean and std over orders x runs."""
-    groups: dict = defaultdict(list)
-    for r in rows:
-        groups[(r["dataset"], r["steps"], r["method"], r["classes_seen"])].append(r["accuracy"])
+def summarise(rows) -> dict:
+    """{(dataset, steps): {method: [(classes_seen, mean %, std %, n), ...]}}: mean and std over orders x repeats."""
+    stats = rows.groupby(["dataset", "steps", "method", "classes_seen"], sort=True)["accuracy_percent"].agg(
+        mean="mean", std=lambda v: float(np.std(v)), n="count")
     summary: dict = defaultdict(lambda: defaultdict(list))
-    for (dataset, steps, method, seen), values in sorted(groups.items()):
-        summary[(dataset, steps)][method].append((seen, float(np.mean(values)), float(np.std(values)), len(values)))
+    for (dataset, steps, method, seen), row in stats.iterrows():
+        summary[(dataset, steps)][method].append((seen, float(row["mean"]), float(row["std"]), int(row["n"])))
     return summary
 
 
@@ -199,7 +147,7 @@ def save_figure(fig, stem: Path) -> list[Path]:
 
 
 def forgetting_summary(units: dict) -> tuple[float, float, int]:
-    """(mean, std, n) of the average forgetting over the units (class orders x runs) of one method."""
+    """(mean, std, n) of the average forgetting over the units (class orders x repeats) of one method."""
     values = [average_forgetting(m) for m in units.values()]
     return float(np.mean(values)), float(np.std(values)), len(values)
 
@@ -262,7 +210,7 @@ def final_table(summary: dict, ipcs: dict, found: dict) -> tuple[str, str]:
 
 def matrix_markdown(found: dict) -> str:
     """Every method's mean accuracy matrix (%) as a Markdown table, with its average forgetting."""
-    parts = ["# Accuracy matrices (%): row = after step t, column = test experience e; mean over orders x runs\n"]
+    parts = ["# Accuracy matrices (%): row = after step t, column = test experience e; mean over orders x repeats\n"]
     rank = {m: i for i, m in enumerate(METHOD_ORDER)}
     for (dataset, steps, method), units in sorted(found.items(),
                                                   key=lambda kv: (kv[0][:2], rank.get(kv[0][2], 99), kv[0][2])):
@@ -297,10 +245,8 @@ def make_report(paths: list[Path], out: Path, reference: str = "auto") -> list[P
     summary = summarise(rows)
     found = matrices(rows)
     datasets = {d for d, _ in summary}
-    ipcs: dict = defaultdict(set)
-    for r in rows:
-        ipcs[(r["dataset"], r["steps"])].add(str(r.get("ipc", "?")))
-    ipcs = {k: "/".join(sorted(v)) for k, v in ipcs.items()}
+    ipcs = {key: "/".join(sorted({str(v) for v in values}))
+            for key, values in rows.groupby(["dataset", "steps"])["ipc"]}
     written = []
     for (dataset, steps), curves in sorted(summary.items()):
         draw = reference == "always" or (reference == "auto" and dataset == PAPER_DATASET)

@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ def toy_data(num_classes: int = 6, per_class: int = 12, test_per_class: int = 5)
 
 
 def config(cl, out: Path, **overrides):
-    values = dict(out=out, dataset="digits", steps=2, methods=("random",), ipc=2, seeds=(0,), runs=1, epochs=3,
+    values = dict(out=out, dataset="digits", steps=2, methods=("random",), ipc=2, seeds=(0,), repeats=1, epochs=3,
                   model=TINY_NET, max_train_per_class=30, device="cpu", progress=False)
     values.update(overrides)
     return cl.ContinualConfig(**values)
@@ -114,28 +115,54 @@ def make_strategy(cl, data, plugin, epochs=0):
 
 
 def test_model_is_reset_to_its_initial_values_before_each_step_and_trained_on_the_memory(cl):
+    """Avalanche's loop trains with the paper's recipe: every experience starts from the initial values, sees the
+    whole memory (only) each epoch, and ends with the weights dm_core.train_model gives, bit for bit."""
+    import copy
+
+    from avalanche.core import SupervisedPlugin
+    from dm_core import train_model
+
+    class Spy(SupervisedPlugin):
+        def __init__(self):
+            super().__init__()
+            self.starts, self.labels, self.epochs = [], [], []
+
+        def before_training_exp(self, strategy, **kwargs):
+            self.labels.append([])
+            self.epochs.append(0)
+
+        def before_training_epoch(self, strategy, **kwargs):
+            if strategy.clock.train_exp_epochs == 0:
+                self.starts.append({k: v.clone() for k, v in strategy.model.state_dict().items()})
+
+        def after_training_iteration(self, strategy, **kwargs):
+            self.labels[-1] += strategy.mb_y.tolist()
+            assert strategy.loss.item() > 0  # the loss Avalanche's metrics see
+
+        def after_training_epoch(self, strategy, **kwargs):
+            self.epochs[-1] += 1
+
     data = toy_data()
     memory = cl.CondensedMemory("random", ipc=2, seed=0)
-    seen_by_trainer = []
-
-    def trainer(model, x, y, config, seed, device, progress):
-        seen_by_trainer.append(({k: v.clone() for k, v in model.state_dict().items()}, y.clone(), seed))
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(1.0)  # "training" that a missing reset would carry into the next step
-        return model
-
-    plugin = cl.GDumbMemoryPlugin(memory, seed=7, train_config=TrainConfig(epochs=1), trainer=trainer)
+    config = TrainConfig(epochs=3)
+    plugin = cl.GDumbMemoryPlugin(memory, seed=7, train_config=config)
     strategy = make_strategy(cl, data, plugin)
+    spy = Spy()
+    strategy.plugins.append(spy)
+    initial_model = copy.deepcopy(strategy.model)
     initial = {k: v.clone() for k, v in strategy.model.state_dict().items()}
     benchmark = cl.make_benchmark(data, cl.class_order(0, 6), steps=3)
     for t, experience in enumerate(benchmark.train_stream):
         strategy.train(experience)
-        weights, labels, seed = seen_by_trainer[t]
-        assert all(torch.equal(weights[k], v) for k, v in initial.items())
+        assert all(torch.equal(spy.starts[t][k], v) for k, v in initial.items())
+        images, labels = memory.tensors()
+        assert sorted(spy.labels[t]) == sorted(labels.tolist() * 3) and spy.epochs[t] == 3  # the whole memory, only
+        assert len(labels) == 2 * 2 * (t + 1)
+        reference = train_model(copy.deepcopy(initial_model), images, labels, config, seed=cl.step_seed(7, t),
+                                device="cpu")
+        assert all(torch.equal(reference.state_dict()[k], v) for k, v in strategy.model.state_dict().items())
         assert not all(torch.equal(strategy.model.state_dict()[k], v) for k, v in initial.items())  # it trained
-        assert sorted(labels.tolist()) == sorted(memory.tensors()[1].tolist())  # the whole memory, only
-        assert len(labels) == 2 * 2 * (t + 1) and seed == cl.step_seed(7, t)
+    assert strategy.train_epochs == 0  # the strategy's own epochs back after each experience
 
 
 def test_stream_accuracy_is_the_accuracy_on_seen_classes(cl):
@@ -195,26 +222,29 @@ def test_run_writes_the_run_dir_and_resume_skips_finished_units(cl, tmp_path, mo
     import continual.plugin
 
     out = tmp_path / "run"
-    cfg = config(cl, out, methods=("random", "dm"), seeds=(0, 1), runs=2, iterations=2,
+    cfg = config(cl, out, methods=("random", "dm"), seeds=(0, 1), repeats=2, iterations=2,
                  method_options={"dm": {"batch_real": 8}})
     cl.run_continual(cfg)
     rows = read_rows(out / "results.csv")
     assert len(rows) == 2 * 2 * 2 * 2
     assert list(rows[0]) == list(cl.COLUMNS)
-    assert {(r["method"], r["seed"], r["run"], r["step"]) for r in rows} == {
+    assert {(r["method"], r["seed"], r["repeat"], r["step"]) for r in rows} == {
         (m, str(s), str(r), str(t)) for m in ("random", "dm") for s in (0, 1) for r in (0, 1) for t in range(2)}
     assert sorted({int(r["classes_seen"]) for r in rows}) == [5, 10]
     assert all(0.0 <= float(r["accuracy_fraction"]) <= 1.0 for r in rows)
     for r in rows:  # one accuracy per seen test experience; the stream's is their test-size-weighted mean
         per_experience = [float(a) for a in r["experience_accuracy_fraction"].split()]
         assert len(per_experience) == int(r["step"]) + 1 and r["precision"] == "fp32"
+        assert r["augment"] == "color_crop_cutout_flip_scale_rotate"  # the strategy in force: the dataset's
         order = cl.class_order(int(r["seed"]), 10)
         sizes = [int(torch.isin(digits_test_labels(), torch.tensor(order[5 * e:5 * e + 5])).sum())
                  for e in range(len(per_experience))]
         weighted = sum(a * n for a, n in zip(per_experience, sizes)) / sum(sizes)
         assert weighted == pytest.approx(float(r["accuracy_fraction"]), abs=2e-6)
     files = sorted(p.relative_to(out).as_posix() for p in (out / "memory").rglob("*.pt"))
-    assert files == [f"memory/{m}/seed{s}/step{t:02d}.pt" for m in ("dm", "random") for s in (0, 1) for t in range(2)]
+    # each file named by its step and a digest of everything it is made of
+    assert [re.sub(r"-[0-9a-f]{16}\.pt$", ".pt", f) for f in files] == [
+        f"memory/{m}/seed{s}/step{t:02d}.pt" for m in ("dm", "random") for s in (0, 1) for t in range(2)]
     assert (out / "config.json").is_file() and "accuracy=" in (out / "log.txt").read_text()
 
     # Interrupt: drop the last two evaluation rows and dm seed 1's last memory file, then run again.
@@ -223,20 +253,20 @@ def test_run_writes_the_run_dir_and_resume_skips_finished_units(cl, tmp_path, mo
         writer = csv.DictWriter(f, fieldnames=cl.COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows(kept)
-    (out / "memory/dm/seed1/step01.pt").unlink()
+    (deleted,) = (out / "memory/dm/seed1").glob("step01-*.pt")
+    deleted.unlink()
     built, trained = [], []
-    real_make_set, real_train = continual.builder.make_set, continual.plugin.train_model
+    real_make_set, real_batches = continual.builder.make_set, continual.plugin.ResidentBatches
     monkeypatch.setattr("continual.builder.make_set",
                         lambda method, data, ipc, classes, **kw: built.append((method, classes)) or
                         real_make_set(method, data, ipc, classes, **kw))
-    monkeypatch.setattr("continual.plugin.train_model",
-                        lambda model, x, y, config, seed, **kw: trained.append(seed) or
-                        real_train(model, x, y, config, seed, **kw))
+    monkeypatch.setattr("continual.plugin.ResidentBatches",
+                        lambda *a, **kw: trained.append(1) or real_batches(*a, **kw))
     cl.run_continual(cfg)
     again = read_rows(out / "results.csv")
     assert again[:-2] == kept and len(again) == len(rows)
-    assert [(r["method"], r["seed"], r["run"], r["step"]) for r in again[-2:]] == \
-        [(r["method"], r["seed"], r["run"], r["step"]) for r in rows[-2:]]
+    assert [(r["method"], r["seed"], r["repeat"], r["step"]) for r in again[-2:]] == \
+        [(r["method"], r["seed"], r["repeat"], r["step"]) for r in rows[-2:]]
     assert built == [("dm", sorted(cl.class_order(1, 10)[5:10]))]  # only the deleted memory unit
     assert len(trained) == 2  # only the two missing evaluation units
 
@@ -281,15 +311,22 @@ def test_a_run_directory_takes_new_methods_with_their_own_options(cl, tmp_path):
     (["--dataset", "nosuchdata"], "unknown dataset"),
     (["--option", "gdumb.lr=1"], "unknown method(s) gdumb"),
     (["--model", "nosuchnet"], "nosuchnet"),
-    (["--runs", "0"], "--runs must be at least 1"),
+    (["--repeats", "0"], "--repeats: must be at least 1"),
 ])
 def test_cli_rejects_bad_input_with_one_line(cl, tmp_path, capsys, argv, message):
     from continual.run import main
 
     out = tmp_path / "never"
-    assert main(["--dataset", "digits", "--out", str(out), "--no-progress", *argv]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    from cli_harness import run_cli
+
+    status, _, err = run_cli(main, ["--dataset", "digits", "--out", str(out), "--no-progress", *argv], capsys)
+    assert status == 2
+    if argv[0] == "--repeats":  # refused by argparse: its usage lines, then the one error line
+        lines = err.strip().splitlines()
+        assert lines[0].startswith("usage: ") and all(line.startswith(("usage:", " ")) for line in lines[:-1])
+        assert "error: " in lines[-1] and message in lines[-1]
+    else:
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err
     assert not out.exists()  # no work started
 
 
@@ -305,7 +342,7 @@ def test_cli_runs_a_tiny_protocol(cl, tmp_path, capsys):
     from continual.run import main
 
     out = tmp_path / "cli"
-    argv = ["--dataset", "digits", "--steps", "2", "--memory", "all", "--ipc", "1", "--seeds", "3", "--runs", "1",
+    argv = ["--dataset", "digits", "--steps", "2", "--memory", "all", "--ipc", "1", "--seeds", "3", "--repeats", "1",
             "--epochs", "2", "--iterations", "1", "--model", TINY_NET, "--max-train-per-class", "20",
             "--option", "herding.epochs=1", "--option", "dm.batch_real=8", "--option", "dsa.batch_real=8",
             "--device", "cpu", "--out", str(out), "--no-progress"]
@@ -320,24 +357,24 @@ def test_cli_runs_a_tiny_protocol(cl, tmp_path, capsys):
 
 
 def test_cli_compile_flag_reaches_the_training_and_the_builders(cl, tmp_path, monkeypatch):
-    """``--compile off`` is the mode of the training after every step and of the DM and herding builders; it is not
-    a protocol setting, so a run directory resumes under another mode."""
-    import dm_core.dm
+    """``--compile off`` is the mode of the DM and herding builders (the training after every step runs in
+    Avalanche's loop, not compiled); it is not a protocol setting, so a run directory resumes under another mode."""
+    import dm_core.engine
     import dm_core.train
     from continual.run import main
 
     asked = []
-    monkeypatch.setattr(dm_core.dm, "should_compile", lambda mode, *a: asked.append(("dm", mode)) or False)
+    monkeypatch.setattr(dm_core.engine, "should_compile", lambda mode, *a: asked.append(("dm", mode)) or False)
     monkeypatch.setattr(dm_core.train, "compile_pays", lambda net, x, config, *a, **k:
                         asked.append(("train", config.compile)) or False)
-    argv = ["--dataset", "digits", "--steps", "2", "--memory", "dm", "--ipc", "1", "--seeds", "3", "--runs", "1",
+    argv = ["--dataset", "digits", "--steps", "2", "--memory", "dm", "--ipc", "1", "--seeds", "3", "--repeats", "1",
             "--epochs", "1", "--iterations", "1", "--model", TINY_NET, "--max-train-per-class", "20",
             "--option", "dm.batch_real=8", "--device", "cpu", "--out", str(tmp_path / "run"), "--no-progress"]
     assert main([*argv, "--compile", "off"]) == 0
-    assert asked == [("dm", "off"), ("train", "off")] * 2  # per step: the memory, then the training
+    assert asked == [("dm", "off")] * 2  # per step: the memory; the training in Avalanche's loop asks nothing
     asked.clear()
     assert main([*argv, "--memory", "herding", "--option", "herding.epochs=1", "--compile", "on"]) == 0
-    assert asked == [("train", "on")] * 4  # per step: herding's feature network, then the training
+    assert asked == [("train", "on")] * 2  # per step: herding's feature network
     assert {r["method"] for r in read_rows(tmp_path / "run" / "results.csv")} == {"dm", "herding"}
 
 
@@ -369,7 +406,7 @@ def test_loggers_are_avalanches_own(cl, tmp_path):
         mp.setattr("continual.experiment.make_loggers", spy)
         cl.run_continual(config(cl, out, loggers=("text", "csv", "tensorboard")))
     assert made == [[TextLogger, CSVLogger, TensorboardLogger]]
-    unit = Path("random") / "seed0" / "run0"
+    unit = Path("random") / "seed0" / "repeat0"
     evaluations = read_rows(out / "logs" / "csv" / unit / "eval_results.csv")
     # after step 0: experience 0; after step 1: experiences 0 and 1, with Avalanche's per-experience accuracies
     assert [(r["eval_exp"], r["training_exp"]) for r in evaluations] == [("0", "0"), ("0", "1"), ("1", "1")]

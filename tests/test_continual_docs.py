@@ -6,6 +6,7 @@ import io
 import re
 from pathlib import Path
 
+import pytest
 import torch
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "continual.md"
@@ -42,3 +43,21 @@ def test_both_quick_start_examples_run_offline_on_the_digits():
     assert accuracy[("replay", 4)] > 40 and accuracy[("GDumb-style", 4)] > 70
     memory = namespace["memory"]
     assert memory.method == "dm" and len(memory.buffer) == 100 and memory.max_size == 100
+
+
+@pytest.mark.slow
+def test_the_checkpoint_example_runs_after_the_quick_start(tmp_path, monkeypatch):
+    """The third ```python block (checkpoint and resume a user's strategy) runs as written, with the quick start's
+    names, and resumes after two experiences."""
+    blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
+    replay, checkpoint = blocks[0], blocks[2]
+    assert "save_checkpoint(" in checkpoint and "load_checkpoint(" in checkpoint
+    torch.set_num_threads(1)
+    monkeypatch.chdir(tmp_path)  # the example writes replay.ckpt where it runs
+    printed = io.StringIO()
+    namespace: dict = {"__name__": "__doc_example__"}
+    with contextlib.redirect_stdout(printed):
+        exec(compile(replay, f"{DOC}:replay", "exec"), namespace)
+        exec(compile(checkpoint, f"{DOC}:checkpoint", "exec"), namespace)
+    (line,) = re.findall(r"^resumed after (\d) experiences: ([\d.]+)%$", printed.getvalue(), flags=re.M)
+    assert line[0] == "2" and float(line[1]) > 40 and (tmp_path / "replay.ckpt").is_file()

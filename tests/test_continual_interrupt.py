@@ -14,7 +14,7 @@ from test_continual_processes import ROOT, command, environment, rows_of
                                                  (signal.SIGTERM, 143, "stopped by SIGTERM: ")])
 def test_ctrl_c_ends_with_one_line_and_the_same_command_continues(tmp_path, signum, status, words):
     out = tmp_path / "run"
-    argv = command(out, [0], memory="dm", epochs=30, runs=2)
+    argv = command(out, [0], memory="dm", epochs=30, repeats=2)
     p = subprocess.Popen(argv, cwd=ROOT, env=environment(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True)
     deadline = time.time() + 400
@@ -38,5 +38,5 @@ def test_ctrl_c_ends_with_one_line_and_the_same_command_continues(tmp_path, sign
     assert done.returncode == 0, done.stderr
     rows = rows_of(out / "results.csv")
     assert rows[:len(kept)] == kept  # nothing recorded before the interrupt changed
-    assert sorted((r["seed"], r["run"], r["step"]) for r in rows) == sorted(
+    assert sorted((r["seed"], r["repeat"], r["step"]) for r in rows) == sorted(
         (str(s), str(r), str(t)) for s in (0,) for r in (0, 1) for t in (0, 1))

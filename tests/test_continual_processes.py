@@ -12,10 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_NET = "convnet-d1-w8-relu-instancenorm-avgpool"
 
 
-def command(out: Path, seeds: list[int], memory: str = "random", epochs: int = 2, runs: int = 2) -> list[str]:
+def command(out: Path, seeds: list[int], memory: str = "random", epochs: int = 2, repeats: int = 2) -> list[str]:
     return [sys.executable, "-m", "continual.run", "--dataset", "digits", "--steps", "2", "--memory", memory,
-            "--ipc", "2", "--seeds", *map(str, seeds), "--runs", str(runs), "--epochs", str(epochs), "--iterations",
-            "20", "--model", TINY_NET, "--max-train-per-class", "20", "--option", "dm.batch_real=8", "--device",
+            "--ipc", "2", "--seeds", *map(str, seeds), "--repeats", str(repeats), "--epochs", str(epochs),
+            "--iterations", "20", "--model", TINY_NET, "--max-train-per-class", "20", "--option", "dm.batch_real=8", "--device",
             "cpu", "--threads", "1", "--out", str(out), "--no-progress"]
 
 
@@ -32,10 +32,10 @@ def _append_many(path: str, seed: int, count: int) -> None:
     from continual.results import ResultsTable
 
     table = ResultsTable(path)
-    for run in range(count):
-        table.add({"dataset": "digits", "method": "random", "steps": 1, "ipc": 1, "seed": seed, "run": run,
+    for repeat in range(count):
+        table.add({"dataset": "digits", "method": "random", "steps": 1, "ipc": 1, "seed": seed, "repeat": repeat,
                    "step": 0, "classes_seen": 10, "accuracy_fraction": 0.5, "experience_accuracy_fraction": [0.5],
-                   "precision": "fp32"})
+                   "precision": "fp32", "augment": "none"})
 
 
 def test_two_processes_appending_rows_at_once_lose_none(tmp_path):
@@ -49,7 +49,7 @@ def test_two_processes_appending_rows_at_once_lose_none(tmp_path):
         assert w.exitcode == 0
     lines = path.read_text().splitlines()
     assert lines[0].startswith("dataset,") and sum(line.startswith("dataset,") for line in lines) == 1
-    keys = [(r["seed"], r["run"]) for r in rows_of(path)]
+    keys = [(r["seed"], r["repeat"]) for r in rows_of(path)]
     assert len(keys) == 180 and len(set(keys)) == 180
 
 
@@ -61,7 +61,7 @@ def test_two_continual_runs_with_different_seeds_into_one_folder(tmp_path):
         stdout, stderr = p.communicate(timeout=500)
         assert p.returncode == 0, stderr
     rows = rows_of(out / "results.csv")
-    units = sorted((r["seed"], r["run"], r["step"]) for r in rows)
+    units = sorted((r["seed"], r["repeat"], r["step"]) for r in rows)
     assert units == sorted((str(s), str(r), str(t)) for s in (0, 1) for r in (0, 1) for t in (0, 1))
     log = (out / "log.txt").read_text()
     assert log.count(" step=") == 8  # both processes' finished steps are logged, and recorded

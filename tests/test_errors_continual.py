@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from cli_harness import assert_clean_refusal, run_cli, snapshot
+
+from dm_core import DMError
 
 TINY_NET = "convnet-d1-w8-relu-instancenorm-avgpool"
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +33,7 @@ def existing_run(folder: Path, results: str | bytes | None = None, config: str |
     from continual.config import ContinualConfig
 
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = ContinualConfig(out=folder, dataset="digits", steps=2, methods=("random",), ipc=1, seeds=(0,), runs=1,
+    cfg = ContinualConfig(out=folder, dataset="digits", steps=2, methods=("random",), ipc=1, seeds=(0,), repeats=1,
                           epochs=1, model=TINY_NET, max_train_per_class=20, device="cpu", progress=False)
     (folder / "config.json").write_text(config if config is not None else json.dumps(cfg.to_json(), indent=2))
     results = results if results is not None else HEADER + GOOD_ROW
@@ -44,31 +45,33 @@ def existing_run(folder: Path, results: str | bytes | None = None, config: str |
     return folder
 
 
-BASE = ["--dataset", "digits", "--steps", "2", "--memory", "random", "--ipc", "1", "--seeds", "0", "--runs", "1",
+BASE = ["--dataset", "digits", "--steps", "2", "--memory", "random", "--ipc", "1", "--seeds", "0", "--repeats", "1",
         "--epochs", "1", "--model", TINY_NET, "--max-train-per-class", "20", "--device", "cpu", "--no-progress"]
 
 # (arguments replacing / added to BASE, what the run directory holds beforehand, expected words in the error)
 RUN_CASES = {
     "steps-not-dividing": (["--steps", "3"], None, "does not divide"),
     "ipc-above-class-size": (["--ipc", "1000"], None, "ipc 1000 is more than"),
-    "ipc-zero": (["--ipc", "0"], None, "--ipc must be at least 1"),
+    "ipc-zero": (["--ipc", "0"], None, "--ipc: must be at least 1"),
     "missing-npz": (["--dataset", "npz:/no/such/file.npz"], None, "no array file"),
     "unknown-dataset": (["--dataset", "nosuchdata"], None, "unknown dataset"),
     "options-for-unknown-method": (["--option", "gdumb.lr=1"], None, "unknown method(s) gdumb"),
-    "typo-in-dm-option": (["--memory", "dm", "--option", "dm.bogus=1"], None, "unknown option(s) bogus for DMConfig"),
-    "typo-in-unused-method-option": (["--option", "dsa.outer_lop=3"], None, "unknown option(s) outer_lop for DSAConfig"),
+    "typo-in-dm-option": (["--memory", "dm", "--option", "dm.bogus=1"], None, "unknown option(s) bogus for dm"),
+    "typo-in-unused-method-option": (["--option", "dsa.outer_lop=3"], None, "unknown option(s) outer_lop for dsa"),
     "negative-dm-iterations": (["--memory", "dm", "--option", "dm.iterations=-1"], None, "iterations"),
     "text-dm-iterations": (["--memory", "dm", "--option", "dm.iterations=abc"], None, "'abc'"),
-    "random-takes-no-options": (["--option", "random.iterations=3"], None, "random selection takes no options"),
-    "herding-epochs-zero": (["--memory", "herding", "--option", "herding.epochs=0"], None, "herding epochs"),
+    "random-takes-no-options": (["--option", "random.iterations=3"], None, "unknown option(s) iterations for random"),
+    "herding-epochs-zero": (["--memory", "herding", "--option", "herding.epochs=0"], None, "herding: epochs must be"),
     "unknown-builder-model": (["--memory", "dm", "--option", "dm.model=nosuchnet"], None, "nosuchnet"),
     "seed-as-builder-option": (["--memory", "dm", "--option", "dm.seed=3"], None, "cannot be set"),
     "unknown-model": (["--model", "nosuchnet"], None, "nosuchnet"),
-    "runs-zero": (["--runs", "0"], None, "--runs must be at least 1"),
-    "epochs-zero": (["--epochs", "0"], None, "--epochs must be at least 1"),
+    "repeats-zero": (["--repeats", "0"], None, "--repeats: must be at least 1"),
+    "runs-renamed": (["--runs", "2"], None, "--runs was renamed: use --repeats"),
+    "epochs-zero": (["--epochs", "0"], None, "--epochs: must be at least 1"),
     "repeated-seeds": (["--seeds", "1", "1"], None, "distinct"),
-    "negative-seed": (["--seeds", "-1"], None, "non-negative"),
-    "threads-zero": (["--threads", "0"], None, "--threads must be at least 1"),
+    "negative-seed": (["--seeds", "-1"], None, "a seed is an integer from 0"),
+    "threads-zero": (["--threads", "0"], None, "--threads: must be at least 1"),
+    "unknown-augment": (["--augment", "color_blur"], None, "blur"),
     "unknown-device": (["--device", "tpu"], None, "tpu"),
     "unknown-memory": (["--memory", "gdumb"], None, "invalid choice"),
     "unknown-logger": (["--logger", "text,wandb"], None, "unknown logger wandb"),
@@ -76,13 +79,14 @@ RUN_CASES = {
     "option-without-equals": (["--option", "dm.iterations"], None, "METHOD.KEY=VALUE"),
     "out-is-a-file": (["--out", "{tmp}/afile"], "file", "is a file"),
     "run-dir-other-ipc": (["--ipc", "2"], "run", "ipc 1 -> 2"),
-    "run-dir-garbage-results": ([], "run:garbage", "not a continual results file"),
-    "run-dir-binary-results": ([], "run:binary", "not a readable results file"),
+    "run-dir-garbage-results": ([], "run:garbage", "not a continual-results/3 table"),
+    "run-dir-binary-results": ([], "run:binary", "not a readable continual-results table"),
     "run-dir-truncated-results": ([], "run:truncated", "middle of a line"),
-    "run-dir-text-accuracy": ([], "run:text", "could not convert"),
+    "run-dir-text-accuracy": ([], "run:text", "accuracy_fraction = 'high' is not a number"),
     "run-dir-accuracy-not-fraction": ([], "run:percent", "not a fraction"),
-    "run-dir-short-row": ([], "run:short", "fields"),
-    "run-dir-wrong-columns": ([], "run:columns", "not a continual results file"),
+    "run-dir-short-row": ([], "run:short", "line 2: ipc is empty"),
+    "run-dir-wrong-columns": ([], "run:columns", "not a continual-results/3 table (missing dataset"),
+    "run-dir-duplicated-row": ([], "run:duplicated", "lines 2 and 3 record the same unit"),
     "run-dir-corrupt-config": ([], "run:config", "config.json is not readable"),
     "run-dir-corrupt-memory-file": ([], "run:memory", "not a readable synthetic-set file"),
 }
@@ -94,6 +98,7 @@ BAD_RESULTS = {
     "percent": HEADER + GOOD_ROW.replace("0.500000,0.500000", "50.0,0.5"),
     "short": HEADER + "digits,random,2\n",
     "columns": "a,b\n1,2\n",
+    "duplicated": HEADER + GOOD_ROW + GOOD_ROW.replace("0.500000,0.500000", "0.600000,0.600000"),
 }
 
 
@@ -137,7 +142,7 @@ def test_an_option_typo_leaves_no_trace_and_the_corrected_command_runs(tmp_path,
     out = tmp_path / "run"
     argv = argv_for(["--memory", "dm", "--iterations", "1", "--option", "dm.batch_rea=8"], out)
     status, _, err = run_cli(run_main, argv, capsys)
-    assert status == 2 and "unknown option(s) batch_rea for DMConfig" in err and not out.exists()
+    assert status == 2 and "unknown option(s) batch_rea for dm" in err and not out.exists()
     fixed = [a.replace("batch_rea=", "batch_real=") for a in argv]
     status, stdout, err = run_cli(run_main, fixed, capsys)
     assert status == 0, err
@@ -151,9 +156,9 @@ def write_results(path: Path, text: str) -> Path:
 
 REPORT_CASES = {
     "missing-file": (None, "no results file"),
-    "wrong-columns": ("a,b\n1,2\n", "not a continual results file"),
-    "binary-garbage": (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "not a readable results file"),
-    "empty-file": ("", "not a continual results file"),
+    "wrong-columns": ("a,b\n1,2\n", "not a continual-results/3 table (missing dataset"),
+    "binary-garbage": (b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe", "not a readable continual-results table"),
+    "empty-file": ("", "is empty, not a continual-results table"),
     "header-only": (HEADER, "hold no rows"),
     "short-row": (HEADER + "digits,random,2\n", "line 2"),
     "text-step": (HEADER + GOOD_ROW.replace(",0,5,", ",first,5,"), "line 2"),
@@ -161,9 +166,12 @@ REPORT_CASES = {
     "step-beyond-steps": (HEADER + GOOD_ROW.replace("2,1,0,0,0,5", "2,1,0,0,7,5"), "step 7 of 2 steps"),
     "experience-count-mismatch": (HEADER + GOOD_ROW.replace(",0.500000,fp32", ",0.5 0.4,fp32"),
                                   "2 experience accuracies at step 0"),
-    "unclosed-quote": (HEADER + 'digits,"random,2,1,0,0,0,5,0.5,0.5,fp32\n', "line"),
+    "unclosed-quote": (HEADER + 'digits,"random,2,1,0,0,0,5,0.5,0.5,fp32\n', "not a readable CSV"),
     "old-layout-text-accuracy": ("dataset,method,steps,ipc,seed,run,step,classes_seen,accuracy\n"
-                                 "digits,dm,2,1,0,0,0,5,n/a\n", "could not convert"),
+                                 "digits,dm,2,1,0,0,0,5,n/a\n", "line 2: accuracy_fraction = 'n/a' is not a number"),
+    "duplicated-row": (HEADER + GOOD_ROW + GOOD_ROW, "lines 2 and 3 record the same unit"),
+    "conflicting-rows": (HEADER + GOOD_ROW + GOOD_ROW.replace("0.500000,0.500000", "0.700000,0.700000"),
+                         "lines 2 and 3 record the same unit"),
 }
 
 
@@ -210,14 +218,135 @@ def test_old_results_files_are_still_read_and_appended_in_the_new_layout(tmp_pat
     path = tmp_path / "results.csv"
     path.write_text("dataset,method,steps,ipc,seed,run,step,classes_seen,accuracy\n"
                     "cifar100,dm,5,20,0,0,0,20,0.61\n")
-    (row,) = read_results(path)
-    assert row["accuracy_fraction"] == 0.61 and row["experience_accuracy_fraction"] == []
+    (row,) = read_results(path).to_dict("records")
+    assert row["accuracy_fraction"] == 0.61 and row["experience_accuracy_fraction"] is None
+    assert row["repeat"] == 0 and row["augment"] == "color_crop_cutout_flip_scale_rotate" and row["precision"] == "fp32"
     table = ResultsTable(path)
     assert table.done("dm", 5, 0, 0, 0)
-    table.add({"dataset": "cifar100", "method": "dm", "steps": 5, "ipc": 20, "seed": 0, "run": 0, "step": 1,
+    table.add({"dataset": "cifar100", "method": "dm", "steps": 5, "ipc": 20, "seed": 0, "repeat": 0, "step": 1,
                "classes_seen": 40, "accuracy_fraction": 0.5, "experience_accuracy_fraction": [0.4, 0.6],
-               "precision": "fp32"})
+               "precision": "fp32", "augment": "color_crop_cutout_flip_scale_rotate"})
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == list(COLUMNS) and [r["accuracy_fraction"] for r in rows] == ["0.610000", "0.500000"]
-    assert rows[1]["experience_accuracy_fraction"] == "0.400000 0.600000"
+    assert list(rows[0]) == list(COLUMNS) and [r["accuracy_fraction"] for r in rows] == ["0.61", "0.5"]
+    assert rows[1]["experience_accuracy_fraction"] == "0.4 0.6"
+    assert [r["repeat"] for r in rows] == ["0", "0"] and rows[0]["experience_accuracy_fraction"] == ""
+
+
+# A run folder as today's main (results version 2, config.json with "runs") writes it: `continual.run --dataset
+# digits --steps 5 --memory dm --ipc 5 --seeds 0 --runs 1 --epochs 50 --iterations 100 --model convnet-w32`.
+MAIN_RESULTS = """\
+dataset,method,steps,ipc,seed,run,step,classes_seen,accuracy_fraction,experience_accuracy_fraction,precision
+digits,dm,5,5,0,0,0,2,1.000000,1.000000,fp32
+digits,dm,5,5,0,0,1,4,0.986395,0.983871 0.988235,fp32
+digits,dm,5,5,0,0,2,6,0.917073,0.967742 0.917647 0.862069,fp32
+digits,dm,5,5,0,0,3,8,0.896057,0.838710 0.905882 0.844828 0.972973,fp32
+digits,dm,5,5,0,0,4,10,0.880556,0.741935 0.882353 0.862069 0.959459 0.925926,fp32
+"""
+MAIN_CONFIG = {"out": "runs/qs_continual", "dataset": "digits", "data_root": None, "steps": 5, "methods": ["dm"],
+               "ipc": 5, "seeds": [0], "runs": 1, "epochs": 50, "iterations": 100, "model": "convnet-w32",
+               "max_train_per_class": None, "method_options": {}, "precision": "fp32", "compile": "auto",
+               "loggers": ["text"], "device": "auto", "threads": None, "progress": False}
+
+
+def main_run_folder(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "results.csv").write_text(MAIN_RESULTS)
+    (folder / "config.json").write_text(json.dumps(MAIN_CONFIG, indent=2) + "\n")
+    return folder
+
+
+def test_a_run_folder_written_by_todays_main_is_read_and_continued(tmp_path):
+    """results.csv (``run``, no ``augment``) and config.json (``runs``, no ``augment``) of today's main: the rows are
+    read in the current layout, the settings match the same command (``--repeats 1``), the next append rewrites the
+    file in the current layout, and a change of the augmentation is refused as a change of protocol."""
+    from continual.config import ContinualConfig, prepare, read_settings
+    from continual.results import COLUMNS, ResultsTable, read_results
+
+    out = main_run_folder(tmp_path / "qs")
+    rows = read_results(out / "results.csv")
+    assert rows["repeat"].tolist() == [0] * 5 and rows["step"].tolist() == list(range(5))
+    assert rows["accuracy_fraction"].tolist() == [1.0, 0.986395, 0.917073, 0.896057, 0.880556]
+    assert rows["experience_accuracy_fraction"].iloc[4] == (0.741935, 0.882353, 0.862069, 0.959459, 0.925926)
+    assert set(rows["augment"]) == {"color_crop_cutout_flip_scale_rotate"} and set(rows["precision"]) == {"fp32"}
+    assert read_settings(out)["repeats"] == 1 and "runs" not in read_settings(out)
+    same = dict(out=out, dataset="digits", steps=5, methods=("dm",), ipc=5, seeds=(0,), repeats=1, epochs=50,
+                iterations=100, model="convnet-w32", device="cpu", progress=False)
+    prepare(ContinualConfig(**same))  # the same protocol: accepted
+    prepare(ContinualConfig(**{**same, "augment": "color_crop_cutout_flip_scale_rotate"}))  # what it used, said
+    with pytest.raises(DMError, match="augment 'color_crop_cutout_flip_scale_rotate' -> 'none'"):
+        prepare(ContinualConfig(**{**same, "augment": "none"}))
+    with pytest.raises(DMError, match="epochs 50 -> 60"):
+        prepare(ContinualConfig(**{**same, "epochs": 60}))
+    table = ResultsTable(out / "results.csv")
+    assert all(table.done("dm", 5, 0, 0, t) for t in range(5)) and not table.done("dm", 5, 0, 1, 0)
+    table.add({"dataset": "digits", "method": "dm", "steps": 5, "ipc": 5, "seed": 0, "repeat": 1, "step": 0,
+               "classes_seen": 2, "accuracy_fraction": 0.99, "experience_accuracy_fraction": [0.99],
+               "precision": "fp32", "augment": "color_crop_cutout_flip_scale_rotate"})
+    lines = (out / "results.csv").read_text().splitlines()
+    assert lines[0] == ",".join(COLUMNS) and len(lines) == 7
+    assert lines[5] == ("digits,dm,5,5,0,0,4,10,0.880556,0.741935 0.882353 0.862069 0.959459 0.925926,fp32,"
+                        "color_crop_cutout_flip_scale_rotate")
+
+
+def test_the_reduced_mnist_results_of_today_s_main_are_still_reported(tmp_path, capsys):
+    """reports/continual_mnist/results.csv was written by an earlier continual.run (results version 2)."""
+    from reports.cli import main
+
+    status, out, err = run_cli(main, ["continual", str(ROOT / "reports" / "continual_mnist"), "--out",
+                                      str(tmp_path / "report")], capsys)
+    assert status == 0, err
+    figures = json.loads(out.strip().splitlines()[-1])
+    assert figures["report"] == "continual" and figures["out"] == str(tmp_path / "report")
+    assert str(tmp_path / "report" / "final_accuracy.md") in figures["files"]
+    table = (tmp_path / "report" / "final_accuracy.md").read_text()
+    assert "| mnist | 5 | 2 | DM | 10 | 3 | 89.18 \u00b1 0.55 | 4.74 \u00b1 0.29 | - |" in table
+
+
+def test_reports_continual_refuses_a_unit_recorded_in_two_files(tmp_path, capsys):
+    from reports.continual import main
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    write_results(first / "results.csv", HEADER + GOOD_ROW)
+    write_results(second / "results.csv", HEADER + GOOD_ROW.replace("0.500000,0.500000", "0.600000,0.600000"))
+    before = snapshot(tmp_path)
+    status, _, err = run_cli(main, [str(first), str(second), "--out", str(tmp_path / "report")], capsys)
+    assert_clean_refusal(status, err, before, snapshot(tmp_path),
+                         f"{first / 'results.csv'}, line 2 and {second / 'results.csv'}, line 2 record the same unit")
+    status, _, err = run_cli(main, [str(first), str(first / "results.csv"), "--out", str(tmp_path / "report")], capsys)
+    assert_clean_refusal(status, err, before, snapshot(tmp_path), "record the same unit")  # one file given twice
+
+
+def test_runs_was_renamed_repeats(tmp_path, capsys, run_main):
+    before = snapshot(tmp_path)
+    status, out, err = run_cli(run_main, argv_for(["--runs", "1"], tmp_path / "run"), capsys)
+    assert_clean_refusal(status, err, before, snapshot(tmp_path))
+    assert err == "error: --runs was renamed: use --repeats\n" and out == ""
+
+
+def test_the_json_line_is_the_last_line_of_stdout(tmp_path, capsys, run_main):
+    out = tmp_path / "run"
+    status, stdout, err = run_cli(run_main, argv_for([], out), capsys)
+    assert status == 0, err
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary == {"results": str(out / "results.csv"), "rows": 2,
+                       "final_accuracy_percent": {"random": summary["final_accuracy_percent"]["random"]}}
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert summary["final_accuracy_percent"]["random"] == round(100 * float(rows[-1]["accuracy_fraction"]), 2)
+    stored = json.loads((out / "config.json").read_text())
+    assert stored["repeats"] == 1 and stored["augment"] == "color_crop_cutout_flip_scale_rotate"
+
+
+def test_library_errors_speak_of_arguments_not_flags(cl):
+    """The Python API is refused in its own words (no ``--device``, no ``--out``)."""
+    from continual.config import ContinualConfig, prepare
+
+    with pytest.raises(DMError) as refused:
+        cl.CondensedMemory("random", ipc=2, device="nosuchdevice")
+    assert "--" not in str(refused.value) and "nosuchdevice" in str(refused.value)
+    with pytest.raises(DMError) as refused:
+        prepare(ContinualConfig(dataset="digits", repeats=0))
+    assert str(refused.value).startswith("repeats must be") and "--" not in str(refused.value)

@@ -260,19 +260,24 @@ def test_cli_condenses_with_m3d_and_resumes_after_an_interruption(tmp_path, caps
     assert '"method": "m3d"' in capsys.readouterr().out and out.is_file() and not out.with_suffix(".ckpt").exists()
 
 
-def test_downstream_commands_accept_every_method():
+def test_continual_accepts_every_method():
     from continual.builder import METHODS as MEMORY_METHODS
-    from nas.proxy import parse_proxy
 
     for method in ("m3d", "idm", "datadam", "ddm"):
         assert method in MEMORY_METHODS
+
+
+def test_nas_accepts_every_method():
+    from nas.proxy import parse_proxy
+
+    for method in ("m3d", "idm", "datadam", "ddm"):
         assert parse_proxy(f"{method}50").kind == method and parse_proxy(f"{method}50").ipc == 50
 
 
 @pytest.mark.parametrize("method,extra", [("m3d", {}), ("idm", {"queue_size": 2, "initial_models": 1,
                                                                 "train_steps": 1, "train_batch": 4})])
 def test_a_continual_memory_builds_and_continues_with_a_successor(digits, method, extra):
-    """New classes are condensed; a returning class continues from its memory images (an iteration-0 checkpoint)."""
+    """New classes are condensed; a returning class continues from its memory images (``initial``)."""
     from continual.builder import MemoryBuilder
 
     keep = torch.isin(digits.y_train, torch.tensor([0, 1]))
