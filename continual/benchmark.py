@@ -7,7 +7,7 @@ Split* benchmarks do: a sample is ``(x, y, t)``.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import torch
 
@@ -110,7 +110,15 @@ class MemoryBuilder:
     progress: bool = False
 
     def __post_init__(self):
-        object.__setattr__(self, "options", check_options(self.method, self.ipc, self.options))
+        options = check_options(self.method, self.ipc, self.options)  # the method and its options, before all else
+        if get_method(self.method).supports("factor"):
+            # a memory counts the images a network trains on: partitioned sets (M3D's and IDM's factor 2) would hold
+            # factor**2 of them per stored image, so memories use factor 1 unless told otherwise, and refuse more
+            options.setdefault("factor", 1)
+            if options["factor"] != 1:
+                raise DMError(f"{self.method} with factor {options['factor']} would hold {options['factor'] ** 2} "
+                              f"images per stored image, beyond the memory's ipc: use factor 1")
+        object.__setattr__(self, "options", check_options(self.method, self.ipc, options))
         # every method, selecting or learning, gets the device checked here, not after an experience was trained
         object.__setattr__(self, "device", str(check_device(self.device)))
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 import torch
 
@@ -154,8 +154,8 @@ def stored_settings(config: ContinualConfig) -> dict | None:
     if old is not None:
         diffs = changed_settings(old, config, ran)
         if diffs:
-            raise DMError(f"{config.out} holds a run with other settings ({'; '.join(diffs)}): use another run "
-                          f"folder to start afresh")
+            raise DMError(f"{config.out} holds a run with other settings ({'; '.join(diffs)}): give its settings to "
+                          f"continue it, or use another run folder to start afresh")
     return old
 
 

@@ -17,8 +17,8 @@ all, divided over the classes seen so far (``adaptive_size=True``) or over ``tot
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from avalanche.training.storage_policy import ExemplarsBuffer

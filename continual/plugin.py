@@ -144,10 +144,12 @@ class GDumbMemoryPlugin(SupervisedPlugin):
         strategy.train_epochs = math.ceil(total / per_epoch)
 
     def before_training_iteration(self, strategy, **kwargs):
-        """Sees the mini-batch about to be trained on: the recipe's learning-rate drop happens at its step."""
-        if self.train_config is not None and self._step == self._schedule[2]:
-            for group in strategy.optimizer.param_groups:
-                group["lr"] = self.train_config.lr * 0.1
+        """Sees the mini-batch about to be trained on: at the recipe's step, the learning rate drops with a fresh
+        optimiser (its momentum restarts), as in ``dm_core.train_model``."""
+        config = self.train_config
+        if config is not None and self._step == self._schedule[2]:
+            strategy.optimizer = torch.optim.SGD(strategy.model.parameters(), lr=config.lr * 0.1,
+                                                 momentum=config.momentum, weight_decay=config.weight_decay)
 
     def before_forward(self, strategy, **kwargs):
         """The recipe's precision (bf16: autocast) around the forward pass."""

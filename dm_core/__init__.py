@@ -7,22 +7,29 @@ Needs only torch, torchvision, numpy and tqdm, so it runs wherever torch runs.
 """
 __version__ = "0.2.0"  # the one place the version is written (pyproject.toml reads it)
 
-# Importing a method's module registers it: the paper's baselines, then DM, DSA and DM's successors (this order is
-# the order of ``list_methods()``, the CLI's choices and the docs' tables).
-from .select import HerdingConfig, RandomConfig, select_herding, select_random  # noqa: I001
-from .dm import DMConfig, MatchingConfig, condense_dm
-from .dsa import DSAConfig, condense_dsa
-from .successors import (DataDAMConfig, DDMConfig, IDMConfig, M3DConfig, condense_datadam, condense_ddm,
-                         condense_idm, condense_m3d)
+# Importing a method's module registers it (random, herding, DM, DSA and DM's successors).
 from .augment import DiffAugment
 from .data import DATASETS, ClassStore, ImageDataset, data_root, load_dataset
 from .device import make_generator, resolve_device
+from .dm import DMConfig, MatchingConfig, condense_dm
+from .dsa import DSAConfig, condense_dsa
 from .engine import LearnConfig, Matcher, condense
 from .errors import DMError
 from .io import atomic_torch_save, atomic_write_bytes, atomic_write_text
 from .methods import make_set
 from .nets import ConvNetSpec, build_model, list_models, register_model, reinit_
 from .registry import Method, get_method, list_methods, register_method
+from .select import HerdingConfig, RandomConfig, select_herding, select_random
+from .successors import (
+                         DataDAMConfig,
+                         DDMConfig,
+                         IDMConfig,
+                         M3DConfig,
+                         condense_datadam,
+                         condense_ddm,
+                         condense_idm,
+                         condense_m3d,
+)
 from .synset import SyntheticSet
 from .train import EvalResult, TrainConfig, evaluate_accuracy, evaluate_set, train_and_test, train_model
 

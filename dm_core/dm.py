@@ -100,4 +100,4 @@ def condense_dm(data: ImageDataset, config: DMConfig = DMConfig(), classes: Sequ
 
 
 register_method(Method("dm", DMConfig, condense_dm, "distribution matching: class-mean embeddings of fresh random "
-                       "networks", learns=True, per_class=True, paper=True))
+                       "networks", learns=True, per_class=True, paper=True, order=2))

@@ -173,4 +173,4 @@ def condense_dsa(data: ImageDataset, config: DSAConfig = DSAConfig(), classes: S
 
 
 register_method(Method("dsa", DSAConfig, condense_dsa, "gradient matching with Siamese augmentation (bi-level)",
-                       learns=True, per_class=False, paper=True))
+                       learns=True, per_class=False, paper=True, order=3))

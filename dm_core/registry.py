@@ -38,6 +38,7 @@ class Method:
     learns: bool
     per_class: bool
     paper: bool = False
+    order: int = 100  # place in ``list_methods()`` (the built-in methods: 0-7); ties keep registration order
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -92,7 +93,8 @@ def get_method(name: str) -> Method:
 
 def list_methods(*, learns: bool | None = None, paper: bool | None = None) -> list[str]:
     """Registered method names in registration order, optionally only those that learn images / the paper's."""
-    return [m.name for m in _METHODS.values()
+    ordered = sorted(_METHODS.values(), key=lambda m: m.order)  # stable: registration order among equals
+    return [m.name for m in ordered
             if (learns is None or m.learns == learns) and (paper is None or m.paper == paper)]
 
 

@@ -120,7 +120,7 @@ def select_herding(data: ImageDataset, config: HerdingConfig = HerdingConfig(),
 
 
 register_method(Method("random", RandomConfig, select_random, "class-balanced random real images",
-                       learns=False, per_class=True, paper=True))
+                       learns=False, per_class=True, paper=True, order=0))
 register_method(Method("herding", HerdingConfig, select_herding, "real images whose running feature mean herds "
                        "to the class mean (features: the toolkit's recipe)", learns=False, per_class=False,
-                       paper=True))
+                       paper=True, order=1))

@@ -197,12 +197,12 @@ def test_a_returning_class_is_updated_within_its_budget(cl, small_digits, method
 
 
 def test_dm_continues_from_the_memory_images(cl, small_digits, monkeypatch):
-    """DM's update of a returning class starts from its memory images (``initial``; 0 iterations: exactly them) and
-    draws its real batches from the class's new images only."""
+    """DM's update of a returning class starts from its memory images (``initial``) and draws its real batches from
+    the class's new images only."""
     import continual.builder
 
     benchmark = returning_benchmark(cl, small_digits)
-    memory = cl.CondensedMemory("dm", ipc=3, device="cpu", iterations=0, model=TINY_NET)
+    memory = cl.CondensedMemory("dm", ipc=3, device="cpu", iterations=1, model=TINY_NET)
     memory.post_adapt(None, benchmark.train_stream[0])
     before = memory.memories[(0, 1)].images.clone()
     calls = []
@@ -211,7 +211,6 @@ def test_dm_continues_from_the_memory_images(cl, small_digits, monkeypatch):
         (classes, data.y_train[torch.isin(data.y_train, torch.tensor(classes))].tolist(), kw.get("initial")))
         or real(method, data, ipc, classes, **kw))
     memory.post_adapt(None, benchmark.train_stream[1])
-    assert torch.equal(memory.memories[(0, 1)].images, before)
     (new, new_labels, new_start), (back, back_labels, back_start) = calls
     assert (new, new_labels, new_start) == ([2], [2] * 15, None)  # new class 2 from real init
     assert (back, back_labels) == ([1], [1] * 15) and torch.equal(back_start, before)  # 1 continued from its memory

@@ -7,9 +7,7 @@ from ..engine import mosaic, partition_expand
 from .datadam import DataDAMConfig, attention_map, condense_datadam, datadam_loss
 from .ddm import DDMConfig, channel_moments, condense_ddm, gram, intra_class_diversity
 from .idm import IDMConfig, ModelQueue, condense_idm, idm_loss
-
-# registered in the order of their papers: M3D, IDM, DataDAM, decomposed DM
-from .m3d import M3DConfig, condense_m3d, m3d_loss, mmd2  # noqa: I001
+from .m3d import M3DConfig, condense_m3d, m3d_loss, mmd2
 
 __all__ = ["DDMConfig", "DataDAMConfig", "IDMConfig", "M3DConfig", "ModelQueue", "attention_map", "channel_moments",
            "condense_datadam", "condense_ddm", "condense_idm", "condense_m3d", "datadam_loss", "gram", "idm_loss",

@@ -85,4 +85,4 @@ def condense_datadam(data: ImageDataset, config: DataDAMConfig = DataDAMConfig()
 
 
 register_method(Method("datadam", DataDAMConfig, condense_datadam, "DM plus matching of the spatial attention maps "
-                       "of intermediate layers", learns=True, per_class=True))
+                       "of intermediate layers", learns=True, per_class=True, order=6))

@@ -131,4 +131,4 @@ def condense_ddm(data: ImageDataset, config: DDMConfig = DDMConfig(), classes: S
 
 
 register_method(Method("ddm", DDMConfig, condense_ddm, "decomposed DM: DM plus style (moments, Gram matrices) of "
-                       "intermediate layers and intra-class diversity", learns=True, per_class=True))
+                       "intermediate layers and intra-class diversity", learns=True, per_class=True, order=7))

@@ -241,4 +241,4 @@ def condense_idm(data: ImageDataset, config: IDMConfig = IDMConfig(), classes: S
 
 
 register_method(Method("idm", IDMConfig, condense_idm, "improved DM: a queue of partly trained networks, "
-                       "class-aware regularisation, partition and expansion", learns=True, per_class=False))
+                       "class-aware regularisation, partition and expansion", learns=True, per_class=False, order=5))

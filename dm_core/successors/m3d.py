@@ -125,4 +125,4 @@ def condense_m3d(data: ImageDataset, config: M3DConfig = M3DConfig(), classes: S
 
 
 register_method(Method("m3d", M3DConfig, condense_m3d, "DM with a Gaussian-kernel MMD: every moment of the "
-                       "embeddings matched", learns=True, per_class=True))
+                       "embeddings matched", learns=True, per_class=True, order=4))
