@@ -82,11 +82,7 @@ def check_options(method: str, ipc: int, options: Mapping) -> dict:
     fixed = sorted(set(options) & {"ipc", "seed"})
     if fixed:
         raise DMError(f"{method} option(s) {', '.join(fixed)} cannot be set: the memory's ipc and seed decide them")
-    try:
-        get_method(method).configure(ipc, 0, **options)
-    except DMError as exc:  # a value check of the configuration may not say whose option it is
-        message = str(exc)
-        raise DMError(message if method in message.replace(",", " ").split() else f"{method}: {message}") from None
+    get_method(method).configure(ipc, 0, **options)
     return options
 
 

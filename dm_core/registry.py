@@ -66,7 +66,11 @@ class Method:
         hints = typing.get_type_hints(self.config)
         for name, value in options.items():
             check_type(f"{self.name} option {name}", hints[name], value)
-        return self.config(ipc=ipc, seed=seed, **options)
+        try:
+            return self.config(ipc=ipc, seed=seed, **options)
+        except DMError as exc:  # a value check of the configuration: say whose option it is
+            message = str(exc)
+            raise DMError(message if message.startswith(f"{self.name} ") else f"{self.name}: {message}") from None
 
 
 _METHODS: dict[str, Method] = {}

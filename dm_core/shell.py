@@ -42,7 +42,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if "%(default)" in text or "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS):
+        switch = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+        if switch or "%(default)" in text or "default" in text.lower() or action.default in (None, argparse.SUPPRESS):
             return text
         return text + " (default: %(default)s)"
 
