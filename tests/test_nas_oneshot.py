@@ -51,8 +51,8 @@ def test_one_shot_selects_an_architecture_and_scores_it_like_a_trial(tmp_path, m
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--strategy", "darts", "--execution", "local"], "goes with --execution sequential"),
-    (["--strategy", "darts", "--assessor", "Medianstop"], "goes with --execution sequential and no --assessor"),
+    (["--strategy", "darts", "--execution", "local"], "goes with execution sequential"),
+    (["--strategy", "darts", "--assessor", "Medianstop"], "goes with execution sequential and no assessor"),
     (["--strategy", "grid", "--oneshot-epochs", "3"], "--oneshot-epochs goes with a one-shot strategy"),
     (["--strategy", "darts", "--oneshot-epochs", "0"], "--oneshot-epochs must be at least 1"),
 ])
