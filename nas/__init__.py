@@ -7,6 +7,7 @@ For a NasExperiment of your own: ``nas.ConvNetModelSpace`` (the space), ``nas.ev
 trains and records like the command), ``nas.spec_from_sample`` (any strategy's export, one-shot included, as the
 architecture it names).
 """
+import importlib
 import warnings
 
 # NNI 3.0 inspects every torch.nn class when its NAS modules are first imported and warns about the classes newer
@@ -26,6 +27,4 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str):
     if name not in _EXPORTS:
         raise AttributeError(f"module 'nas' has no attribute {name!r}")
-    import importlib
-
     return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)

@@ -120,9 +120,10 @@ class TrialAssessor:
     """One NNI assessor algorithm, fed with the finished curves it has not seen yet before each judgement."""
 
     def __init__(self, name: str, points: int, start_step: int | None = None):
-        # NNI is imported here, not above: reports read curves.csv through this module without NNI
+        # NNI is imported here, not above: reports read curves.csv through this module, without NNI
         from nni.algorithms.hpo.curvefitting_assessor import CurvefittingAssessor
         from nni.algorithms.hpo.medianstop_assessor import MedianstopAssessor
+        from nni.assessor import AssessResult
 
         self.name = name
         if name == "Medianstop":
@@ -131,6 +132,7 @@ class TrialAssessor:
             self.algorithm = CurvefittingAssessor(epoch_num=points,
                                                   start_step=start_step if start_step is not None else 6)
         self._seen: set[str] = set()
+        self._bad = AssessResult.Bad
 
     def learn(self, finished: list[Curve]) -> None:
         """Tell the algorithm about finished trials, as NNI's dispatcher does (their points, then their end)."""
@@ -141,9 +143,7 @@ class TrialAssessor:
                 self.algorithm.trial_end(curve.arch, True)
 
     def should_stop(self, arch: str, curve: list[float]) -> bool:
-        from nni.assessor import AssessResult
-
-        return self._judge(arch, curve) == AssessResult.Bad
+        return self._judge(arch, curve) == self._bad
 
     def _judge(self, arch: str, curve: list[float]):
         with warnings.catch_warnings(), np.errstate(all="ignore"):

@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Iterable
 
+import pandas as pd
+
 from dm_core.augment import DEFAULT_STRATEGY
 from dm_core.records import Column, Schema, Table, rename_columns
 
@@ -89,8 +91,6 @@ def record_of(row: dict) -> TrialRecord:
 
 def trials_frame(records: Iterable[TrialRecord]):
     """The records as a typed frame of the ``TRIALS`` columns (what ``TrialStore.frame`` returns)."""
-    import pandas as pd
-
     return pd.DataFrame([r.row() for r in records], columns=list(TRIALS.names))
 
 

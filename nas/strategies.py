@@ -21,9 +21,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
-import warnings
 from dataclasses import dataclass
 from typing import Callable
+
+from nni.nas import strategy
+from nni.nas.oneshot.pytorch.strategy import OneShotStrategy
+from nni.nas.strategy import Strategy
 
 from dm_core import DMError
 
@@ -53,8 +56,6 @@ class StrategyChoice:
             strategy = factory(**kwargs)
         except ImportError as exc:  # a user's strategy may need a package that is missing
             raise DMError(f"strategy {self.name} cannot start: {exc}") from None
-        from nni.nas.strategy import Strategy
-
         if not isinstance(strategy, Strategy):
             raise DMError(f"strategy {self.name} gave a {type(strategy).__name__}, not an NNI Strategy")
         mode = getattr(getattr(getattr(strategy, "tuner", None), "optimize_mode", None), "value", OPTIMIZE_MODE)
@@ -86,8 +87,6 @@ def parse_strategy(text: str) -> StrategyChoice:
 
 
 def _short(name: str, space_size: int, seed: int):
-    from nni.nas import strategy
-
     if name == "grid":
         return strategy.GridSearch(shuffle=False)
     if name == "random":
@@ -100,9 +99,6 @@ def _short(name: str, space_size: int, seed: int):
 
 
 def _nni_class(name: str) -> Callable:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from nni.nas import strategy
     return getattr(strategy, name)
 
 
@@ -115,12 +111,8 @@ def _user_factory(text: str) -> Callable:
     factory = getattr(module, attribute, None)
     if factory is None or not callable(factory):
         raise DMError(f"strategy {text}: {module_name} has no class or function {attribute!r}")
-    from nni.nas.strategy import Strategy
-
     if inspect.isclass(factory) and not issubclass(factory, Strategy):
         raise DMError(f"strategy {text}: {attribute} is not a subclass of nni.nas.strategy.Strategy")
-    from nni.nas.oneshot.pytorch.strategy import OneShotStrategy
-
     if inspect.isclass(factory) and issubclass(factory, OneShotStrategy):
         raise DMError(f"strategy {text}: a user's one-shot strategy is not supported; use DARTS, ENAS, "
                       f"GumbelDARTS, RandomOneShot or Proxyless")

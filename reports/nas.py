@@ -25,6 +25,8 @@ from nas.analysis import GROUNDTRUTH_LABEL, TOP_FRACTION, MethodSummary, mean_sc
 from nas.results import read_trials
 from nas.rundir import RunDir
 
+from .cli import main as reports_main
+
 # DM paper, Table 5 (CIFAR-10, 720 ConvNets, top 5%, one V100): PROTOCOL.md section 7.
 PAPER_TABLE5 = {
     "Random": {"performance": 84.0, "correlation": -0.04, "minutes": 142.6, "storage": "500"},
@@ -138,7 +140,7 @@ def figure_f8(summaries: list[MethodSummary], truth: dict[str, float], truth_std
 
 def draw_f8(summaries: list[MethodSummary], truth: dict[str, float], truth_std: dict[str, float]):
     """The matplotlib figure of F8: one panel per proxy (not the ground truth's own column), shared square axes."""
-    import matplotlib
+    import matplotlib  # here: only the figure needs it, and the Agg backend must be chosen before pyplot loads
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -217,8 +219,6 @@ def make(args) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m reports nas ...``."""
-    from .cli import main as reports_main
-
     return reports_main(["nas", *(sys.argv[1:] if argv is None else argv)])
 
 
