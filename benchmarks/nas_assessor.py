@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
                                           report_every=1, assessor=assessor))
         wall = time.perf_counter() - start
         if truth is None:
-            run_groundtruth(GroundTruthConfig(out=str(out), all=True, space="tiny", steps=200, repeats=1,
+            run_groundtruth(GroundTruthConfig(out=str(out), all=True, space="tiny", train_iterations=200, repeats=1,
                                               device="cpu", progress=False))
             truth = mean_scores(read_records(out / "groundtruth.csv"), "test_acc")
         records = [r for r in read_records(summary.results) if r.arch in dict(summary.ranking)]

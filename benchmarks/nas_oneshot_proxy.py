@@ -27,7 +27,8 @@ import torch
 from dm_core import ConvNetSpec
 from nas.data import load_search_data
 from nas.groundtruth import GroundTruthConfig, run_groundtruth
-from nas.search import SearchConfig, prepare_task, run_search
+from nas.plan import SearchConfig, prepare_task
+from nas.search import run_search
 
 PROXY_OPTIONS = {"dm10": dict(iterations=100, batch_real=64), "random10": {}}
 
@@ -81,16 +82,18 @@ def main(argv: list[str] | None = None) -> int:
                                  seconds=time.perf_counter() - start))
                 print(json.dumps(rows[-1]), file=sys.stderr)
     if args.groundtruth is None:
-        run_groundtruth(GroundTruthConfig(out=args.out, all=True, space="tiny", steps=args.groundtruth_steps,
-                                          repeats=1, device="cpu", data_root=args.data_root, progress=False))
+        run_groundtruth(GroundTruthConfig(out=args.out, all=True, space="tiny",
+                                          train_iterations=args.groundtruth_steps, repeats=1, device="cpu",
+                                          data_root=args.data_root, progress=False))
         truth = ground_truth(Path(args.out) / "groundtruth.csv")
     else:  # a ground truth of part of the space: the selected architectures it lacks are trained the same way
         truth = ground_truth(Path(args.groundtruth))
         for arch in sorted({r["arch"] for r in rows} - set(truth)):
             spec = ConvNetSpec.parse(arch)
             fields = f"depth={spec.depth};width={spec.width};act={spec.act};norm={spec.norm};pool={spec.pool}"
-            run_groundtruth(GroundTruthConfig(out=args.out, all=True, space=fields, steps=args.groundtruth_steps,
-                                              repeats=1, device="cpu", data_root=args.data_root, progress=False))
+            run_groundtruth(GroundTruthConfig(out=args.out, all=True, space=fields,
+                                              train_iterations=args.groundtruth_steps, repeats=1, device="cpu",
+                                              data_root=args.data_root, progress=False))
         if (Path(args.out) / "groundtruth.csv").exists():
             truth.update(ground_truth(Path(args.out) / "groundtruth.csv"))
     best = max(truth.values())

@@ -1,45 +1,51 @@
 """From trial records to the paper's Table 5 numbers: rankings, top-5% Spearman, selected architecture, costs.
 
-Pure functions over ``TrialRecord`` lists (read from the CSVs); nothing here trains. As in the paper (PROTOCOL.md
-section 7), a method RANKS architectures by the validation accuracy of the models trained on its proxy, and the
-correlation is taken, over its top 5%, between TEST accuracies: of those models trained on the proxy and of the same
-architectures trained on the whole training split.
+Pure functions over trial rows: a frame of the ``nas.results.TRIALS`` table (``read_trials``, ``TrialStore.frame``)
+or a list of ``TrialRecord``; nothing here trains. As in the paper (PROTOCOL.md section 7), a method RANKS
+architectures by the validation accuracy of the models trained on its proxy, and the correlation is taken, over its
+top 5%, between TEST accuracies: of those models trained on the proxy and of the same architectures trained on the
+whole training split. Accuracies are fractions.
 """
 from __future__ import annotations
 
 import math
-import statistics
 import warnings
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Union
 
+import pandas as pd
 from scipy import stats
 
 from dm_core import DMError
 
-from .results import TrialRecord
+from .results import COLUMN_OF, TrialRecord, trials_frame
 
 TOP_FRACTION = 0.05
 GROUNDTRUTH_LABEL = "whole (ground truth)"
 
-
-def _values(records: Iterable[TrialRecord], field: str) -> dict[str, list[float]]:
-    values: dict[str, list[float]] = {}
-    for r in records:
-        value = getattr(r, field)
-        if value is not None:
-            values.setdefault(r.arch, []).append(value)
-    return values
+Trials = Union[pd.DataFrame, Iterable[TrialRecord]]  # trial rows, either way
 
 
-def mean_scores(records: Iterable[TrialRecord], field: str = "val_acc") -> dict[str, float]:
+def as_frame(records) -> pd.DataFrame:
+    """Trial rows as a frame of the TRIALS columns (a frame is returned as it is)."""
+    return records if isinstance(records, pd.DataFrame) else trials_frame(records)
+
+
+def _groups(frame: pd.DataFrame, field: str):
+    """``field``'s values (a TrialRecord field or a column) by architecture, architectures in first-seen order;
+    missing values are left out."""
+    column = COLUMN_OF.get(field, field)
+    return frame.dropna(subset=[column]).groupby("arch", sort=False)[column]
+
+
+def mean_scores(records: Trials, field: str = "val_acc") -> dict[str, float]:
     """Mean of ``field`` over repeats, per architecture."""
-    return {arch: statistics.fmean(v) for arch, v in _values(records, field).items()}
+    return {arch: float(value) for arch, value in _groups(as_frame(records), field).mean().items()}
 
 
-def std_scores(records: Iterable[TrialRecord], field: str) -> dict[str, float]:
+def std_scores(records: Trials, field: str) -> dict[str, float]:
     """Standard deviation (population, 0 for one repeat) of ``field`` over repeats, per architecture."""
-    return {arch: statistics.pstdev(v) for arch, v in _values(records, field).items()}
+    return {arch: float(value) for arch, value in _groups(as_frame(records), field).std(ddof=0).items()}
 
 
 def rank(scores: Mapping[str, float]) -> list[str]:
@@ -111,12 +117,14 @@ class MethodSummary:
     proxy_test_std: dict[str, float]
 
 
-def summarize_method(method: str, budget: str, records: list[TrialRecord], truth: Mapping[str, float],
+def summarize_method(method: str, budget: str, records: Trials, truth: Mapping[str, float],
                      storage_images: int, make_seconds: float, fraction: float = TOP_FRACTION) -> MethodSummary:
-    untested = [r for r in records if r.test_acc is None]
-    if untested:
-        raise DMError(f"{len(untested)} {method} trials have no proxy-trained test accuracy (e.g. {untested[0].arch} "
-                      f"repeat {untested[0].repeat}), which Table 5 correlates: rerun that search into a new --out")
+    records = as_frame(records)
+    untested = records[records["test_acc_fraction"].isna()]
+    if len(untested):
+        first = untested.iloc[0]
+        raise DMError(f"{len(untested)} {method} trials have no proxy-trained test accuracy (e.g. {first['arch']} "
+                      f"repeat {first['repeat']}), which Table 5 correlates: rerun that search into a new out folder")
     val, test = mean_scores(records, "val_acc"), mean_scores(records, "test_acc")
     ranked = rank(val)
     k = top_k_count(len(ranked), fraction)
@@ -125,10 +133,10 @@ def summarize_method(method: str, budget: str, records: list[TrialRecord], truth
     common = [a for a in ranked if a in truth]
     rho_all = spearman([test[a] for a in common], [truth[a] for a in common])
     selected = ranked[0]
-    precisions = sorted({r.precision for r in records})
+    precisions = sorted(records["precision"].unique())
     return MethodSummary(method, budget, "/".join(precisions), len(ranked), k, rho, rho_all, len(common), selected,
                          val[selected], test[selected], truth.get(selected, math.nan),
-                         sum(r.seconds for r in records) / 60, make_seconds / 60, storage_images, top, val, test,
+                         float(records["seconds"].sum()) / 60, make_seconds / 60, storage_images, top, val, test,
                          std_scores(records, "test_acc"))
 
 
@@ -140,37 +148,31 @@ def method_order(name: str) -> tuple[int, str]:
     return (6, name)
 
 
-def summarize_run(results: list[TrialRecord], groundtruth: list[TrialRecord], proxies: Mapping[str, dict],
+def summarize_run(results: Trials, groundtruth: Trials, proxies: Mapping[str, dict],
                   fraction: float = TOP_FRACTION) -> list[MethodSummary]:
     """Every (proxy, budget) of the results, plus the ground truth's own column when it covers all ranked archs."""
+    results, groundtruth = as_frame(results), as_frame(groundtruth)
     truth = mean_scores(groundtruth, "test_acc")
-    groups: dict[tuple[str, str], list[TrialRecord]] = {}
-    for r in results:
-        groups.setdefault((r.proxy, r.budget), []).append(r)
-    names = {proxy for proxy, _ in groups}
+    groups = results.groupby(["proxy", "budget"], sort=False)
+    budgets_of = results.groupby("proxy", sort=False)["budget"].nunique()
     summaries = []
-    for (proxy, budget), records in groups.items():
-        label = proxy if sum(p == proxy for p, _ in groups) == 1 else f"{proxy} ({budget})"
+    for (proxy, budget), records in groups:
+        label = proxy if budgets_of[proxy] == 1 else f"{proxy} ({budget})"
         info = proxies.get(proxy, {})
-        images = int(info.get("images", records[0].train_images))
+        images = int(info.get("images", records["train_images"].iloc[0]))
         summaries.append(summarize_method(label, budget, records, truth, images, float(info.get("make_seconds", 0.0)),
                                           fraction))
-    ranked_anywhere = {r.arch for r in results}
-    if groundtruth and "whole" not in names and ranked_anywhere <= set(truth):
+    if len(groundtruth) and "whole" not in set(results["proxy"]) and set(results["arch"]) <= set(truth):
         # Ground truth trained every ranked architecture on the whole split: rank them by its validation accuracy.
-        budget = groundtruth[0].budget
-        summaries.append(summarize_method(GROUNDTRUTH_LABEL, budget, groundtruth, truth, groundtruth[0].train_images,
-                                          0.0, fraction))
+        summaries.append(summarize_method(GROUNDTRUTH_LABEL, groundtruth["budget"].iloc[0], groundtruth, truth,
+                                          int(groundtruth["train_images"].iloc[0]), 0.0, fraction))
     return sorted(summaries, key=lambda s: method_order(s.method))
 
 
-def groundtruth_targets(results: list[TrialRecord], fraction: float = TOP_FRACTION) -> list[str]:
+def groundtruth_targets(results: Trials, fraction: float = TOP_FRACTION) -> list[str]:
     """The union, over every (proxy, budget) searched, of its top-``fraction`` architectures (in first-seen order)."""
-    groups: dict[tuple[str, str], list[TrialRecord]] = {}
-    for r in results:
-        groups.setdefault((r.proxy, r.budget), []).append(r)
     targets: dict[str, None] = {}
-    for records in groups.values():
+    for _, records in as_frame(results).groupby(["proxy", "budget"], sort=False):
         ranked = rank(mean_scores(records))
         targets.update(dict.fromkeys(ranked[:top_k_count(len(ranked), fraction)]))
     return list(targets)

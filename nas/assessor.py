@@ -14,8 +14,7 @@ the finished curves come from ``curves.csv`` on the shared run directory.
 """
 from __future__ import annotations
 
-import csv
-import io
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -23,12 +22,32 @@ from pathlib import Path
 
 import numpy as np
 
-from dm_core import DMError, atomic_write_text
-from dm_core.io import file_lock
+from dm_core import DMError
+from dm_core.records import Column, Schema, Table
 
 ASSESSORS = ("Medianstop", "Curvefitting")
 FINISHED, STOPPED = "finished", "stopped"
-COLUMNS = ("proxy", "arch", "budget", "repeat", "every", "status", "assessor", "val_acc_fraction_curve")
+NOT_STOPPED = "none"  # ``stopped_by`` of a curve that ran to the end
+
+
+def _stopped_by(frame):
+    """Version 1 wrote the assessor column empty for a finished curve; version 2 names it ``stopped_by`` and writes
+    "none" (an empty cell cannot be part of a row's key)."""
+    frame = frame.rename(columns={"assessor": "stopped_by"})
+    frame["stopped_by"] = frame["stopped_by"].where(frame["stopped_by"] != "", NOT_STOPPED)
+    return frame
+
+
+CURVES = Schema(
+    name="nas-curves",
+    version=2,
+    columns=(Column("proxy"), Column("arch"), Column("budget"), Column("repeat", "int"), Column("every", "int"),
+             Column("status"), Column("stopped_by"),
+             Column("val_acc_fraction_curve", "fractions", optional=True)),  # empty: --report-every > epochs
+    key=("proxy", "arch", "budget", "repeat", "every", "stopped_by"),
+    upgrades={("proxy", "arch", "budget", "repeat", "every", "status", "assessor", "val_acc_fraction_curve"):
+              _stopped_by},
+)
 
 
 def parse_assessor(name: str | None) -> str | None:
@@ -58,34 +77,32 @@ class Curve:
     def key(self) -> tuple:
         return (self.proxy, self.arch, self.budget, self.repeat, self.every, self.assessor)
 
+    def row(self) -> dict:
+        return {"proxy": self.proxy, "arch": self.arch, "budget": self.budget, "repeat": self.repeat,
+                "every": self.every, "status": self.status, "stopped_by": self.assessor or NOT_STOPPED,
+                "val_acc_fraction_curve": self.val_acc or None}
+
+
+def _curve(row: dict) -> Curve:
+    points = row["val_acc_fraction_curve"]
+    points = () if points is None or (isinstance(points, float) and math.isnan(points)) else tuple(points)
+    stopped_by = "" if row["stopped_by"] == NOT_STOPPED else row["stopped_by"]
+    return Curve(row["proxy"], row["arch"], row["budget"], int(row["repeat"]), int(row["every"]), row["status"],
+                 stopped_by, points)
+
 
 class CurveStore:
-    """``curves.csv`` of a run directory: one row per recorded curve, rewritten atomically under a lock."""
+    """``curves.csv`` of a run directory (the ``CURVES`` table): one row per recorded curve."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.table = Table(self.path, CURVES)
 
     def curves(self) -> list[Curve]:
-        if not self.path.is_file():
-            return []
-        try:
-            with self.path.open(newline="", encoding="utf-8") as f:
-                return [Curve(r["proxy"], r["arch"], r["budget"], int(r["repeat"]), int(r["every"]), r["status"],
-                              r["assessor"], tuple(float(v) for v in r["val_acc_fraction_curve"].split(";") if v))
-                        for r in csv.DictReader(f)]
-        except (KeyError, ValueError, TypeError, csv.Error) as exc:
-            raise DMError(f"{self.path} is damaged ({type(exc).__name__}): restore it or move it aside") from None
+        return [_curve(row) for row in self.table.read().to_dict("records")]
 
     def add(self, curve: Curve) -> None:
-        with file_lock(self.path.with_name(self.path.name + ".lock")):
-            kept = [c for c in self.curves() if c.key != curve.key]
-            buffer = io.StringIO()
-            writer = csv.writer(buffer, lineterminator="\n")
-            writer.writerow(COLUMNS)
-            for c in [*kept, curve]:
-                writer.writerow([c.proxy, c.arch, c.budget, c.repeat, c.every, c.status, c.assessor,
-                                 ";".join(repr(v) for v in c.val_acc)])
-            atomic_write_text(self.path, buffer.getvalue())
+        self.table.append(curve.row())
 
     def stopped(self, proxy: str, arch: str, budget: str, every: int, assessor: str) -> Curve | None:
         for c in self.curves():
@@ -103,8 +120,10 @@ class TrialAssessor:
     """One NNI assessor algorithm, fed with the finished curves it has not seen yet before each judgement."""
 
     def __init__(self, name: str, points: int, start_step: int | None = None):
+        # NNI is imported here, not above: reports read curves.csv through this module, without NNI
         from nni.algorithms.hpo.curvefitting_assessor import CurvefittingAssessor
         from nni.algorithms.hpo.medianstop_assessor import MedianstopAssessor
+        from nni.assessor import AssessResult
 
         self.name = name
         if name == "Medianstop":
@@ -113,6 +132,7 @@ class TrialAssessor:
             self.algorithm = CurvefittingAssessor(epoch_num=points,
                                                   start_step=start_step if start_step is not None else 6)
         self._seen: set[str] = set()
+        self._bad = AssessResult.Bad
 
     def learn(self, finished: list[Curve]) -> None:
         """Tell the algorithm about finished trials, as NNI's dispatcher does (their points, then their end)."""
@@ -123,9 +143,7 @@ class TrialAssessor:
                 self.algorithm.trial_end(curve.arch, True)
 
     def should_stop(self, arch: str, curve: list[float]) -> bool:
-        from nni.assessor import AssessResult
-
-        return self._judge(arch, curve) == AssessResult.Bad
+        return self._judge(arch, curve) == self._bad
 
     def _judge(self, arch: str, curve: list[float]):
         with warnings.catch_warnings(), np.errstate(all="ignore"):

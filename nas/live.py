@@ -23,28 +23,30 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Callable, Iterable
 
+import requests
+from nni.experiment import launcher
+from nni.nas.evaluator import FunctionalEvaluator
+from nni.nas.execution.event import ModelEventType
+from nni.nas.experiment import NasExperiment, NasExperimentConfig
+from nni.nas.space import ExecutableModelSpace, ModelStatus
+from nni.nas.strategy import Strategy
 from nni.nas.strategy.middleware import Chain, StrategyMiddleware
 
 from dm_core import DMError
+
+from .evaluation import evaluate_architecture
+from .plan import SearchPlan, training_service_fields
+from .space import ConvNetModelSpace
 
 _PR_SET_PDEATHSIG = 1
 
 
 def evaluate_in_trial_process(model, settings: dict) -> None:
-    """Evaluator function of the training-service executions: runs in a trial process.
-
-    The proxy set was made (and cached) by the launching process, so the trial only loads it.
-    """
-    from .data import load_search_data
-    from .search import SearchConfig, make_evaluator, prepare_task
-
-    config = SearchConfig(**{**settings, "progress": False})
-    if config.execution == "local":
+    """Evaluator function of the training-service executions: runs in a trial process, which rebuilds the search's
+    task from its plain settings (the launching process made and cached the proxy set: the trial only loads it)."""
+    if settings.get("execution") == "local":
         _die_with_parent()
-    plan = config.resolve()
-    data = load_search_data(config.dataset, config.data_root, config.val_fraction, config.split_seed)
-    task, _ = prepare_task(plan, data, progress=False)
-    make_evaluator(plan, task)(model)
+    evaluate_architecture(model, settings)
 
 
 def _die_with_parent() -> None:
@@ -59,10 +61,11 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def run_training_service(plan, model_space, strategy, answer: Callable) -> None:
-    """Run the experiment to the end; DMError if the NNI manager dies, KeyboardInterrupt on Ctrl-C."""
-    import requests
+def run_training_service(plan: SearchPlan, model_space: ConvNetModelSpace, strategy: Strategy,
+                         answer: Callable[[ExecutableModelSpace], float | None]) -> None:
+    """Run the experiment to the end; DMError if the NNI manager dies, KeyboardInterrupt on Ctrl-C.
 
+    ``answer(model)``: the score of an architecture that needs no trial (see ``AnswerFromRecords``), else None."""
     answering = AnswerFromRecords(answer, plan.max_trials)
     experiment = build_experiment(plan, model_space, Chain(strategy, answering))
     with _quiet_once_manager_dies(experiment) as watch, _patient_manager_start():
@@ -109,8 +112,6 @@ class _ManagerWatch:
 @contextmanager
 def _patient_manager_start(seconds: int = 60):
     """NNI waits about 3 s for its manager's REST server to answer, then gives up; a busy machine needs longer."""
-    from nni.experiment import launcher
-
     check, logger = launcher._check_rest_server, logging.getLogger("nni.experiment")
     level = logger.level
     logger.setLevel(logging.ERROR)  # one "Timeout, retry..." warning per second of waiting
@@ -149,13 +150,8 @@ def _quiet_once_manager_dies(experiment):
             logger.removeFilter(keep)
 
 
-def build_experiment(plan, model_space, strategy):
+def build_experiment(plan: SearchPlan, model_space: ConvNetModelSpace, strategy: Strategy | None) -> NasExperiment:
     """The NNI experiment of a training-service execution, configured but not started."""
-    from nni.nas.evaluator import FunctionalEvaluator
-    from nni.nas.experiment import NasExperiment, NasExperimentConfig
-
-    from .search import training_service_fields
-
     platform = plan.config.execution
     settings = {**asdict(plan.config), "out": str(plan.run.path.resolve())}
     evaluator = FunctionalEvaluator(evaluate_in_trial_process, settings=settings)
@@ -185,7 +181,7 @@ class AnswerFromRecords(StrategyMiddleware):
     exactly as on the first run.
     """
 
-    def __init__(self, answer: Callable, budget: int):
+    def __init__(self, answer: Callable[[ExecutableModelSpace], float | None], budget: int):
         super().__init__()
         self.answer = answer
         self.left = budget
@@ -193,9 +189,6 @@ class AnswerFromRecords(StrategyMiddleware):
         self.submitted: list = []  # sent to the engine (kept alive here: the engine holds weak references)
 
     def submit_models(self, *models) -> None:
-        from nni.nas.execution.event import ModelEventType
-        from nni.nas.space import ModelStatus
-
         to_train = []
         for model in models:
             self.left -= 1

@@ -19,28 +19,38 @@ The selected architecture is then trained from scratch on the proxy ``--repeats`
 """
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import time
 import warnings
 from dataclasses import dataclass
 
+import nni
 import torch
+from nni.nas.evaluator.pytorch import Classification
+from nni.nas.execution import SequentialExecutionEngine
+from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace
+from nni.nas.space import RawFormatModelSpace
 from torch import nn
+from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
-from dm_core import ConvNetSpec, DMError, atomic_write_text
-from dm_core.io import file_lock
+from dm_core import ConvNetSpec, DMError
 from dm_core.nets import make_norm
+from dm_core.records import Column, Schema, Table
 
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", category=RuntimeWarning)
-    from nni.nas.nn.pytorch import InputChoice, LayerChoice, ModelSpace
-
-from .space import SearchSpace
+from .data import SearchData
+from .plan import SearchPlan, SearchSummary, make_evaluator
+from .space import SearchSpace, spec_from_sample
+from .trial import TrainTask
 
 RANKING_IMAGES = 1000  # validation images that score each architecture under RandomOneShot's inherited weights
-ONESHOT_COLUMNS = ("strategy", "proxy", "budget", "seed", "supernet_epochs", "arch", "seconds")
+ONESHOT = Schema(
+    name="nas-oneshot",
+    version=1,
+    columns=(Column("strategy"), Column("proxy"), Column("budget"), Column("seed", "int"),
+             Column("supernet_epochs", "int"), Column("arch"), Column("seconds", "float")),
+    key=("strategy", "proxy", "budget", "seed", "supernet_epochs"),
+    volatile=("seconds",),
+)
 
 _ACTS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "leakyrelu": lambda: nn.LeakyReLU(0.01)}  # not in place: DARTS
 # feeds one tensor to every candidate
@@ -109,11 +119,12 @@ class ConvNetSupernet(ModelSpace):
         return self.body(x)
 
     def spec(self, sample: dict) -> ConvNetSpec:
-        """The ConvNetSpec of an exported sample (labels with a single value are not in it)."""
-        values = {field: sample.get(field, str(options[0])) for field, options in self.space.choices().items()}
-        depth = sample.get("depth", 0)  # InputChoice: the index of the chosen depth
-        depth = self.space.depth[depth[0] if isinstance(depth, (list, tuple)) else int(depth)]
-        return ConvNetSpec(depth, int(values["width"]), values["act"], values["norm"], values["pool"])
+        """The ConvNetSpec of a sample of this supernet: an export (depth: a list of one index) or a memo of
+        ``resample`` (depth: the index itself)."""
+        depth = sample.get("depth")
+        if isinstance(depth, int) and not isinstance(depth, bool):
+            sample = {**sample, "depth": [depth]}
+        return spec_from_sample(sample, self.space)
 
 
 @dataclass(frozen=True)
@@ -123,54 +134,31 @@ class Selection:
     reused: bool
 
 
-def select_architecture(plan, data, task) -> Selection:
+def select_architecture(plan: SearchPlan, data: SearchData, task: TrainTask) -> Selection:
     """Train the supernet on the proxy with the one-shot strategy and return its architecture (or the recorded one)."""
-    cfg = plan.config
-    supernet_epochs = cfg.oneshot_epochs or plan.epochs
-    key = (plan.strategy.name, task.label, task.budget, str(cfg.seed), str(supernet_epochs))
-    book = plan.run.path / "oneshot.csv"
-    for row in _read(book):
-        if tuple(row[c] for c in ONESHOT_COLUMNS[:5]) == key:
-            return Selection(_spec_from_name(row["arch"]), float(row["seconds"]), True)
+    supernet_epochs = plan.config.oneshot_epochs or plan.epochs
+    book = Table(plan.run.path / "oneshot.csv", ONESHOT)
+    key = {"strategy": plan.strategy.name, "proxy": task.label, "budget": task.budget, "seed": plan.config.seed,
+           "supernet_epochs": supernet_epochs}
+    for row in book.read().to_dict("records"):
+        if all(row[k] == v for k, v in key.items()):
+            return Selection(spec_from_sample(_sample_of(row["arch"])), float(row["seconds"]), True)
 
     start = time.perf_counter()
     spec = _search(plan, data, task, supernet_epochs)
     seconds = time.perf_counter() - start
-    with file_lock(book.with_name(book.name + ".lock")):
-        rows = [r for r in _read(book) if tuple(r[c] for c in ONESHOT_COLUMNS[:5]) != key]
-        rows.append(dict(zip(ONESHOT_COLUMNS, (*key, spec.name, f"{seconds:.3f}"))))
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=ONESHOT_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(book, buffer.getvalue())
+    book.append({**key, "arch": spec.name, "seconds": seconds})
     return Selection(spec, seconds, False)
 
 
-def _spec_from_name(name: str) -> ConvNetSpec:
-    """The spec of a ``ConvNetSpec.name`` (convnet-d2-w32-relu-none-avgpool); ConvNetSpec.parse reads 'none' only
+def _sample_of(name: str) -> dict:
+    """The sample of a ``ConvNetSpec.name`` (convnet-d2-w32-relu-none-avgpool); ConvNetSpec.parse reads 'none' only
     as nonorm/nopool."""
     _, depth, width, act, norm, pool = name.split("-")
-    return ConvNetSpec(int(depth[1:]), int(width[1:]), act, norm, pool)
+    return {"depth": int(depth[1:]), "width": int(width[1:]), "act": act, "norm": norm, "pool": pool}
 
 
-def _read(path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with path.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if rows and set(ONESHOT_COLUMNS) - set(rows[0]):
-        raise DMError(f"{path} is not a one-shot selection file: move it aside")
-    return rows
-
-
-def _search(plan, data, task, supernet_epochs: int) -> ConvNetSpec:
-    import nni
-    from nni.nas.evaluator.pytorch import Classification
-    from nni.nas.execution import SequentialExecutionEngine
-    from nni.nas.space import RawFormatModelSpace
-    from torch.utils.data import DataLoader, RandomSampler, TensorDataset
-
+def _search(plan: SearchPlan, data: SearchData, task: TrainTask, supernet_epochs: int) -> ConvNetSpec:
     for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)  # Lightning's banner lines about GPUs and TPUs
     # NNI's one-shot modules draw their architecture weights and paths from torch's global generator.
@@ -215,7 +203,7 @@ def _search(plan, data, task, supernet_epochs: int) -> ConvNetSpec:
 
 
 @torch.no_grad()
-def _best_by_inherited_weights(module, supernet: ConvNetSupernet, task, device) -> ConvNetSpec:
+def _best_by_inherited_weights(module, supernet: ConvNetSupernet, task: TrainTask, device) -> ConvNetSpec:
     """Score every architecture of the space with the supernet's weights on validation images; the best wins."""
     x, y = task.x_val[:RANKING_IMAGES].to(device), task.y_val[:RANKING_IMAGES].to(device)
     module.to(device).eval()
@@ -231,11 +219,9 @@ def _best_by_inherited_weights(module, supernet: ConvNetSupernet, task, device) 
     return best
 
 
-def run_oneshot(plan, data, task):
-    """Select with the one-shot strategy, then train and score the selection like any trial; a SearchSummary."""
-    from .search import SearchSummary, make_evaluator
-
+def run_oneshot(plan: SearchPlan, data: SearchData, task: TrainTask) -> SearchSummary:
+    """Select with the one-shot strategy, then train and score the selection like any trial."""
     selection = select_architecture(plan, data, task)
     result = make_evaluator(plan, task).run(selection.spec)
     return SearchSummary(task.label, [(selection.spec.name, result.score)], 1, plan.run.results,
-                         selected_by=plan.strategy.name)
+                         selected_by=plan.strategy.name, budget=task.budget, augment=task.config.strategy)

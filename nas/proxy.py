@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 
-from dm_core import CONDENSERS, METHODS, DMError, ImageDataset, SyntheticSet, make_set
+from dm_core import DMError, ImageDataset, SyntheticSet, get_method, list_methods, make_set
+from dm_core.engine import discard_checkpoint
 
-SET_METHODS = METHODS  # random, herding, dm, dsa and DM's successors (m3d, idm, datadam, ddm)
+SET_METHODS = tuple(list_methods())  # random, herding, dm, dsa and DM's successors (m3d, idm, datadam, ddm)
 REFERENCE_IPC = 50  # the paper's proxy size, which sets the step count of ``early``
 PROXY_EPOCHS = 200
 WHOLE_EPOCHS = 100
@@ -81,7 +82,7 @@ def parse_proxy(text: str) -> Proxy:
     if match and match.group(1) in (*SET_METHODS, "early") and int(match.group(2)) > 0:
         return Proxy(match.group(1), int(match.group(2)))
     raise DMError(f"unknown proxy {text!r}: use whole, early[IPC], a set method with its images per class "
-                  f"({', '.join(m + '50' for m in SET_METHODS)}, dm10, ...), or custom:NAME with --proxy-file")
+                  f"({', '.join(m + '50' for m in SET_METHODS)}, dm10, ...), or custom:NAME with its proxy_file")
 
 
 def load_proxy_file(proxy: Proxy, path: str | Path | None) -> SyntheticSet | None:
@@ -92,10 +93,10 @@ def load_proxy_file(proxy: Proxy, path: str | Path | None) -> SyntheticSet | Non
     """
     if path is None:
         if proxy.kind == CUSTOM:
-            raise DMError(f"--proxy {proxy.name} names a set of your own: give it with --proxy-file FILE")
+            raise DMError(f"proxy {proxy.name} names a set of your own: give its file as proxy_file")
         return None
     if not proxy.is_set:
-        raise DMError(f"--proxy-file goes with a set proxy (dm50, random50, custom:NAME, ...), not {proxy.name}")
+        raise DMError(f"proxy_file goes with a set proxy (dm50, random50, custom:NAME, ...), not {proxy.name}")
     path = Path(path)
     if not path.is_file():
         raise DMError(f"no proxy file at {path}")
@@ -111,16 +112,16 @@ def check_provenance(proxy: Proxy, synset: SyntheticSet, path: Path) -> None:
     method, ipc = synset.meta.get("method"), synset.meta.get("ipc")
     if method not in SET_METHODS or not isinstance(ipc, int):
         raise DMError(f"{path} does not record a {'/'.join(SET_METHODS)} method and images per class "
-                      f"(method {method!r}, ipc {ipc!r}): name a set of your own --proxy custom:NAME")
+                      f"(method {method!r}, ipc {ipc!r}): name a set of your own proxy custom:NAME")
     named = f"{method}{ipc}"
     if named != proxy.name:
-        raise DMError(f"{path} holds a {method} set of {ipc} images per class, not {proxy.name}: use --proxy {named} "
+        raise DMError(f"{path} holds a {method} set of {ipc} images per class, not {proxy.name}: name it {named} "
                       f"(or custom:NAME for a set of your own)")
     counts = torch.bincount(synset.labels[synset.labels >= 0]).tolist() if len(synset) else []
     held = sorted({c for c in counts if c})
     if held != [ipc]:
         raise DMError(f"{path} says {ipc} images per class but holds {len(synset)} images "
-                      f"({'/'.join(map(str, held)) or 'none'} per class): name it --proxy custom:NAME")
+                      f"({'/'.join(map(str, held)) or 'none'} per class): name it custom:NAME")
 
 
 def proxy_file(cache_dir: Path, dataset: str, proxy: Proxy, split_seed: int, seed: int, options: dict) -> Path:
@@ -135,10 +136,10 @@ def check_proxy_set(synset: SyntheticSet, data: ImageDataset, split_seed: int, p
     made_for = synset.meta.get("dataset")
     if made_for is not None and made_for != data.name:
         raise DMError(f"proxy file {path} was made for dataset {made_for!r}, not {data.name!r}: "
-                      f"delete it or use another --out / --proxy-file")
+                      f"delete it, or choose another out folder or proxy_file")
     split = synset.meta.get("nas_split_seed")
     if split is not None and int(split) != split_seed:
-        raise DMError(f"proxy file {path} was made from the training split of --split-seed {split}, not {split_seed}")
+        raise DMError(f"proxy file {path} was made from the training split of split_seed {split}, not {split_seed}")
     if tuple(synset.images.shape[1:]) != (data.channels, *data.image_size):
         raise DMError(f"proxy file {path} holds {tuple(synset.images.shape[1:])} images, but {data.name} images are "
                       f"{(data.channels, *data.image_size)}")
@@ -164,21 +165,21 @@ def load_or_make_proxy_set(proxy: Proxy, train: ImageDataset, cache_dir: Path, s
     """
     if not proxy.is_set:
         raise ValueError(f"proxy {proxy.name} trains on the training split, it has no set")
-    if proxy.kind in ("random", "herding"):
-        options = {}
+    if proxy.kind != CUSTOM:  # random and herding select images: no condensation iterations, no real batch
+        options = {k: v for k, v in options.items() if get_method(proxy.kind).supports(k)}
     if given_file is not None:
         synset = load_proxy_file(proxy, given_file)
         check_proxy_set(synset, train, split_seed, given_file)
         return ProxySet(synset, given_file, float(synset.meta.get("nas_make_seconds", 0.0)), True)
     if proxy.kind == CUSTOM:
-        raise DMError(f"--proxy {proxy.name} names a set of your own: give it with --proxy-file FILE")
+        raise DMError(f"proxy {proxy.name} names a set of your own: give its file as proxy_file")
     path = proxy_file(cache_dir, train.name, proxy, split_seed, seed, options)
     if path.is_file():
         synset = SyntheticSet.load(path)
         check_proxy_set(synset, train, split_seed, path)
         check_provenance(proxy, synset, path)
         return ProxySet(synset, path, float(synset.meta.get("nas_make_seconds", 0.0)), True)
-    checkpoint = path.with_name(path.stem + ".ckpt") if proxy.kind in CONDENSERS else None
+    checkpoint = path.with_name(path.stem + ".ckpt") if get_method(proxy.kind).learns else None
     start = time.perf_counter()
     synset = make_set(proxy.kind, train, proxy.ipc, seed=seed, device=device, progress=progress,
                       checkpoint=checkpoint, resume=checkpoint is not None, **options)
@@ -186,6 +187,5 @@ def load_or_make_proxy_set(proxy: Proxy, train: ImageDataset, cache_dir: Path, s
     meta = {**synset.meta, "dataset": train.name, "nas_split_seed": split_seed, "nas_make_seconds": seconds}
     synset = SyntheticSet(synset.images.detach().cpu(), synset.labels.cpu(), meta)
     synset.save(path)
-    if checkpoint is not None:
-        checkpoint.unlink(missing_ok=True)
+    discard_checkpoint(checkpoint)  # the cached set supersedes it
     return ProxySet(synset, path, seconds, False)

@@ -1,31 +1,55 @@
-"""Tidy trial records: one CSV row per (proxy, architecture, budget, repeat), written as each repeat finishes.
+"""Trial records: one row per training of one architecture (``results.csv`` of nas.search, ``groundtruth.csv`` of
+nas.groundtruth), written as each repeat finishes.
 
-Every append rewrites the file atomically (temp file + rename) under an exclusive ``flock`` on a side lock file, so a
-reader never sees half a row and several processes (two searches into one run directory, or the trial processes of
-NNI's local training service) can share one file. A row, once written, is the record that lets an interrupted search
-resume without redoing the trial.
+Both files are ``dm_core.records`` tables of the ``TRIALS`` schema: appends are atomic and locked, so several
+processes (two searches into one run folder, the trial processes of NNI's local training service) share a file and
+a reader never sees half a row; a row, once written, lets an interrupted search resume without training it again.
+Reading refuses, in one line naming the place, a damaged file and two rows of the same training (the same proxy,
+architecture, budget and trial seed), which a report would otherwise average in as another repeat.
 
-Accuracies are fractions in [0, 1] in the file, and their column names say so (``val_acc_fraction``,
-``test_acc_fraction``); reports show them in percent. A file that cannot be read back (damaged, truncated, or written
-by an older version with ``val_acc``/``test_acc`` columns and no ``precision``) is refused with one DMError line.
+Accuracies are fractions in [0, 1] in the files and in this API, and the column names say so (``val_acc_fraction``,
+``test_acc_fraction``); whatever a person reads shows them in percent.
 """
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Iterable
 
-from dm_core import DMError, atomic_write_text
-from dm_core.io import file_lock
+import pandas as pd
 
-PRECISIONS = ("fp32", "bf16")
+from dm_core.augment import DEFAULT_STRATEGY
+from dm_core.records import Column, Schema, Table, rename_columns
+
+# The layout nas wrote before the augment column and the train_iterations name; its trainings all used the six-group
+# DSA strategy (the only one it knew).
+TRIALS_V1 = ("proxy", "arch", "depth", "width", "act", "norm", "pool", "repeat", "seed", "budget", "precision",
+             "train_images", "steps", "val_acc_fraction", "test_acc_fraction", "seconds")
+
+TRIALS = Schema(
+    name="nas-trials",
+    version=2,
+    columns=(Column("proxy"), Column("arch"), Column("depth", "int"), Column("width", "int"), Column("act"),
+             Column("norm"), Column("pool"), Column("repeat", "int"), Column("seed", "int"), Column("budget"),
+             Column("precision"), Column("augment"), Column("train_images", "int"),
+             Column("train_iterations", "int"), Column("val_acc_fraction", "fraction"),
+             Column("test_acc_fraction", "fraction", optional=True), Column("seconds", "float")),
+    key=("proxy", "arch", "budget", "seed"),
+    # ``repeat`` is the index within the search that trained the row: a search with another --seed reuses the same
+    # training as another repeat; ``seconds`` is a timing.
+    volatile=("repeat", "seconds"),
+    upgrades={TRIALS_V1: rename_columns({"steps": "train_iterations"}, augment=DEFAULT_STRATEGY)},
+    help="a file of an older nas with val_acc/test_acc columns lacks the proxy-trained test accuracy that Table 5 "
+         "correlates: move it aside and rerun the search into a new run folder",
+)
 
 
 @dataclass(frozen=True)
 class TrialRecord:
+    """One training, as a row of ``TRIALS`` (fields named as the columns, except the accuracies, fractions)."""
+
     proxy: str  # proxy name (dm50, early, whole, custom:NAME...), or "groundtruth"
     arch: str  # ConvNetSpec.name
     depth: int
@@ -35,135 +59,69 @@ class TrialRecord:
     pool: str
     repeat: int
     seed: int
-    budget: str  # training budget, e.g. "e200-b250" or "it400-b250" (bf16: "e200-b250-bf16"); part of the resume key
+    budget: str  # training budget, e.g. "e200-b250" or "it400-b250" (+ "-bf16", "-aug-STRATEGY"); part of the key
     train_images: int
-    steps: int  # SGD steps actually run
+    train_iterations: int  # SGD iterations actually run
     val_acc: float  # fraction in [0, 1]; column val_acc_fraction
     test_acc: float | None  # fraction in [0, 1] (column test_acc_fraction); None only in hand-made records
     seconds: float  # wall time of training + validation (the search's cost; the test pass is not counted)
     precision: str = "fp32"  # TrainConfig.precision of the training
+    augment: str = DEFAULT_STRATEGY  # the DSA strategy of the training ("none": no augmentation)
 
     @property
     def key(self) -> tuple[str, str, str, int]:
-        """What makes two rows the same training: proxy, architecture, budget and the trial's seed (``repeat`` is the
-        index within the search that wrote it; searches with other ``--seed`` values share the trials they share)."""
+        """What makes two rows the same training: proxy, architecture, budget and the trial's seed."""
         return (self.proxy, self.arch, self.budget, self.seed)
 
-
-# CSV column -> TrialRecord field, in file order.
-COLUMNS = {"proxy": "proxy", "arch": "arch", "depth": "depth", "width": "width", "act": "act", "norm": "norm",
-           "pool": "pool", "repeat": "repeat", "seed": "seed", "budget": "budget", "precision": "precision",
-           "train_images": "train_images", "steps": "steps", "val_acc_fraction": "val_acc",
-           "test_acc_fraction": "test_acc", "seconds": "seconds"}
-assert set(COLUMNS.values()) == {f.name for f in fields(TrialRecord)}
-_INT = {"depth", "width", "repeat", "seed", "train_images", "steps"}
-LEGACY_COLUMNS = {"val_acc", "test_acc"}  # written before accuracy columns were named by unit and precision recorded
+    def row(self) -> dict:
+        return {COLUMN_OF.get(name, name): value for name, value in asdict(self).items()}
 
 
-class _BadRow(ValueError):
-    pass
+COLUMN_OF = {"val_acc": "val_acc_fraction", "test_acc": "test_acc_fraction"}  # field -> column, where they differ
+assert {COLUMN_OF.get(f.name, f.name) for f in fields(TrialRecord)} == set(TRIALS.names)
 
 
-def _fraction(name: str, raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value <= 1.0:  # also refuses NaN
-        raise _BadRow(f"{name} = {raw!r} is not a fraction in [0, 1]")
-    return value
-
-
-def _parse(row: dict) -> TrialRecord:
-    if None in row:
-        raise _BadRow("more fields than the header")
-    values: dict = {}
-    for column, name in COLUMNS.items():
-        raw = row.get(column)
-        if raw is None:
-            raise _BadRow(f"the row ends before column {column}")
-        if name in _INT:
-            if not raw.lstrip("-").isdigit():
-                raise _BadRow(f"{column} = {raw!r} is not an integer")
-            values[name] = int(raw)
-        elif name == "val_acc":
-            values[name] = _fraction(column, raw)
-        elif name == "test_acc":
-            values[name] = _fraction(column, raw) if raw != "" else None
-        elif name == "seconds":
-            try:
-                values[name] = float(raw)
-            except ValueError:
-                values[name] = math.nan
-            if not (math.isfinite(values[name]) and values[name] >= 0):
-                raise _BadRow(f"seconds = {raw!r} is not a duration")
-        elif name == "precision":
-            if raw not in PRECISIONS:
-                raise _BadRow(f"precision = {raw!r} is not one of {', '.join(PRECISIONS)}")
-            values[name] = raw
-        else:
-            if raw == "":
-                raise _BadRow(f"{column} is empty")
-            values[name] = raw
+def record_of(row: dict) -> TrialRecord:
+    """A TrialRecord from a typed row (a missing test accuracy reads as NaN in a frame: None here)."""
+    values = {f.name: row[COLUMN_OF.get(f.name, f.name)] for f in fields(TrialRecord)}
+    if isinstance(values["test_acc"], float) and math.isnan(values["test_acc"]):
+        values["test_acc"] = None
     return TrialRecord(**values)
 
 
+def trials_frame(records: Iterable[TrialRecord]):
+    """The records as a typed frame of the ``TRIALS`` columns (what ``TrialStore.frame`` returns)."""
+    return pd.DataFrame([r.row() for r in records], columns=list(TRIALS.names))
+
+
+def read_trials(path: str | os.PathLike):
+    """The typed rows of a trials file (none when there is no file); DMError naming the file and line otherwise."""
+    return Table(path, TRIALS).read()
+
+
 def read_records(path: str | os.PathLike) -> list[TrialRecord]:
-    """The records of a trial CSV ([] when there is no file); DMError naming the file and line if it is damaged."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    if not path.is_file():
-        raise DMError(f"{path} is not a file: move it aside")
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            header = set(reader.fieldnames or ())
-            if not header:
-                raise DMError(f"{path} is empty, not a NAS trial file: restore it or move it aside")
-            if LEGACY_COLUMNS <= header and "val_acc_fraction" not in header:
-                raise DMError(f"{path} was written by an older nas (columns val_acc/test_acc, no precision, no "
-                              f"proxy-trained test accuracy): move it aside and rerun the search into a new --out")
-            missing = [c for c in COLUMNS if c not in header]
-            if missing:
-                raise DMError(f"{path} is not a NAS trial file (missing columns {', '.join(missing)})")
-            records = []
-            for row in reader:
-                try:
-                    records.append(_parse(row))
-                except (ValueError, TypeError) as exc:
-                    raise DMError(f"{path}, line {reader.line_num}: {exc}; the file is damaged: restore it or move "
-                                  f"it aside") from None
-            return records
-    except (csv.Error, UnicodeDecodeError) as exc:
-        raise DMError(f"{path} is not a readable CSV ({type(exc).__name__}: {str(exc)[:80]}): restore it or move it "
-                      f"aside") from None
-
-
-def render_records(records: list[TrialRecord]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    for r in records:
-        writer.writerow(["" if getattr(r, name) is None else getattr(r, name) for name in COLUMNS.values()])
-    return buffer.getvalue()
+    return [record_of(row) for row in read_trials(path).to_dict("records")]
 
 
 class TrialStore:
-    """The CSV of finished trials at ``path``; ``done(...)`` answers resume questions, ``add`` records one repeat."""
+    """The trials file at ``path``: ``done(...)`` answers resume questions, ``add`` records one repeat."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.table = Table(self.path, TRIALS)
+
+    def frame(self):
+        return self.table.read()
 
     def records(self) -> list[TrialRecord]:
         return read_records(self.path)
 
     def done(self, proxy: str, arch: str, budget: str) -> dict[int, TrialRecord]:
         """Finished trainings of one architecture under one proxy and budget, by trial seed."""
-        return {r.seed: r for r in self.records() if (r.proxy, r.arch, r.budget) == (proxy, arch, budget)}
+        frame = self.frame()
+        mine = frame[(frame["proxy"] == proxy) & (frame["arch"] == arch) & (frame["budget"] == budget)]
+        return {int(row["seed"]): record_of(row) for row in mine.to_dict("records")}
 
     def add(self, record: TrialRecord) -> None:
-        """Record one repeat: read, replace its key, write back, all under the lock (no concurrent row is lost)."""
-        with file_lock(self.path.with_name(self.path.name + ".lock")):
-            records = [r for r in self.records() if r.key != record.key]
-            atomic_write_text(self.path, render_records([*records, record]))
+        """Record one repeat (read, check, rewrite under the lock: no concurrent row is lost)."""
+        self.table.append(record.row())

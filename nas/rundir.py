@@ -3,13 +3,16 @@
 Layout::
 
     run.json          dataset, split seed, validation fraction; per proxy: images, seconds to make, file, provenance
-    results.csv       one row per (proxy, architecture, budget, repeat)   -- nas.search
-    groundtruth.csv   one row per (architecture, budget, repeat)          -- nas.groundtruth
+    results.csv       one row per (proxy, architecture, budget, trial seed)   -- nas.search (``nas.results.TRIALS``)
+    groundtruth.csv   the same, proxy "groundtruth"                          -- nas.groundtruth
+    curves.csv        learning curves and early stops                        -- ``nas.assessor.CURVES``
+    oneshot.csv       one-shot selections                                    -- ``nas.oneshot.ONESHOT``
     proxies/*.pt      cached proxy sets (dm_core synthetic-set files)
 
 Several searches may write one directory at the same time: ``run.json`` is read, changed and written back under an
-exclusive ``flock`` (``run.json.lock``), and the CSVs are locked the same way (``nas.results``), so no entry is lost.
-``claim`` only checks (it writes nothing), so a command refused for bad input leaves a new directory empty.
+exclusive ``flock`` (``run.json.lock``), and the tables are ``dm_core.records`` tables, appended under the same kind
+of lock, so no entry is lost. ``claim`` only checks (it writes nothing), so a command refused for bad input leaves a
+new directory empty.
 """
 from __future__ import annotations
 
@@ -20,8 +23,10 @@ from pathlib import Path
 
 from dm_core import DMError, atomic_write_text
 from dm_core.io import file_lock
+from dm_core.records import Table
 
-from .results import read_records
+from .assessor import CURVES
+from .results import TRIALS
 
 RESULTS = "results.csv"
 GROUNDTRUTH = "groundtruth.csv"
@@ -52,7 +57,7 @@ class RunDir:
 
     def check_folder(self) -> None:
         if self.path.exists() and not self.path.is_dir():
-            raise DMError(f"{self.path} is a file, not a run directory: choose another --out")
+            raise DMError(f"{self.path} is a file, not a run directory: choose another out folder")
 
     def info(self) -> dict:
         """run.json ({} when there is none); DMError if it is damaged or not a NAS run file."""
@@ -63,16 +68,17 @@ class RunDir:
         try:
             info = json.loads(file.read_text(encoding="utf-8"))
         except (ValueError, OSError) as exc:
-            raise DMError(f"{file} is unreadable ({type(exc).__name__}): restore it or use another --out") from None
+            raise DMError(f"{file} is unreadable ({type(exc).__name__}): restore it or use another out folder") \
+                from None
         problem = _info_problem(info)
         if problem:
-            raise DMError(f"{file} is not a NAS run file ({problem}): restore it or use another --out")
+            raise DMError(f"{file} is not a NAS run file ({problem}): restore it or use another out folder")
         return info
 
     def check_results(self) -> None:
-        """Read both trial CSVs once, so a damaged one stops a command before it does any work."""
-        read_records(self.results)
-        read_records(self.groundtruth)
+        """Read the trial and curve tables once, so a damaged one stops a command before it does any work."""
+        for path, schema in ((self.results, TRIALS), (self.groundtruth, TRIALS), (self.path / "curves.csv", CURVES)):
+            Table(path, schema).read()
 
     def claim(self, dataset: str, split_seed: int, val_fraction: float) -> dict:
         """Check that this directory is free or holds a search on the same dataset and split; write nothing.
@@ -101,7 +107,7 @@ class RunDir:
 def _check_claim(path: Path, info: dict, mine: dict) -> None:
     theirs = {k: info.get(k) for k in mine}
     if info and theirs != mine:
-        raise DMError(f"{path} holds a search on {theirs}, not {mine}: use another --out")
+        raise DMError(f"{path} holds a search on {theirs}, not {mine}: use another out folder")
 
 
 def _info_problem(info) -> str | None:

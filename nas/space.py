@@ -8,18 +8,15 @@ an explicit product such as ``depth=1,2;width=32;act=relu;norm=none,batchnorm;po
 from __future__ import annotations
 
 import itertools
-import warnings
-from dataclasses import dataclass, fields
+import numbers
+from dataclasses import dataclass
+from typing import Mapping
 
 import nni
 import torch
 from nni.mutable import ensure_frozen
-
-with warnings.catch_warnings():
-    # NNI 3.0 inspects every torch.nn class at import and warns about ones newer torch added; harmless here.
-    warnings.filterwarnings("ignore", message=".*is found to be not a nn.Module.*", category=RuntimeWarning)
-    from nni.nas.nn.pytorch import ModelSpace
-    from nni.nas.space import model_context
+from nni.nas.nn.pytorch import ModelSpace  # (nas/__init__.py quiets NNI's warnings about newer torch classes)
+from nni.nas.space import current_model, model_context
 
 from dm_core import ConvNetSpec, DMError, build_model
 
@@ -116,9 +113,49 @@ def parse_space(text: str) -> SearchSpace:
     return SearchSpace(text, **values)
 
 
-def spec_from_sample(sample: dict) -> ConvNetSpec:
-    """The ConvNetSpec of an NNI sample (an architecture dict keyed by field name)."""
-    return ConvNetSpec(**{field.name: sample[field.name] for field in fields(ConvNetSpec)})
+def canonical_sample(sample: Mapping, space: SearchSpace | None = None) -> dict:
+    """The architecture of ``space`` that ``sample`` names, as the multi-trial space's sample: ``{"depth": 2,
+    "width": 32, "act": "relu", "norm": "none", "pool": "avgpool"}``.
+
+    ``sample`` may come from any strategy of either space: the multi-trial space's values (``ConvNetModelSpace``), or
+    a one-shot export of ``ConvNetSupernet``, whose depth is an ``InputChoice``'s list of chosen indices into the
+    space's depths (``[1]``: the second depth), whose width is the text of its ``LayerChoice`` key (``"32"``), and
+    which leaves out the labels that have a single value in the space. Other keys are ignored. ``space`` defaults to
+    the 720-space; a depth given as indices needs the space that made the export. DMError when the sample names no
+    architecture of the space.
+    """
+    indexed = space is not None
+    space = space if space is not None else NAMED_SPACES["full"]
+    canonical = {}
+    for field, choices in space.choices().items():
+        if field not in sample:
+            if len(choices) > 1:
+                raise DMError(f"sample {dict(sample)} has no {field}: give one of {', '.join(map(str, choices))}")
+            canonical[field] = choices[0]
+            continue
+        value = sample[field]
+        if field == "depth" and isinstance(value, (list, tuple)):
+            if not indexed:
+                raise DMError(f"sample {dict(sample)}: a depth of chosen indices ({value}) indexes the depths of the "
+                              f"space that exported it: pass that space")
+            if len(value) != 1 or not isinstance(value[0], int) or not 0 <= value[0] < len(choices):
+                raise DMError(f"sample {dict(sample)}: depth {value} is not one index of the space's depths "
+                              f"{choices}")
+            value = choices[value[0]]
+        elif field in ("depth", "width") and isinstance(value, str) and value.strip().isdigit():
+            value = int(value)
+        elif field in ("depth", "width") and isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            value = int(value)  # e.g. a numpy integer from a strategy's sampler
+        if value not in choices or isinstance(value, bool):
+            raise DMError(f"sample {dict(sample)}: {field} {value!r} is not in the space "
+                          f"({', '.join(map(str, choices))})")
+        canonical[field] = value
+    return canonical
+
+
+def spec_from_sample(sample: Mapping, space: SearchSpace | None = None) -> ConvNetSpec:
+    """The ConvNetSpec of a sample of either space (see ``canonical_sample``)."""
+    return ConvNetSpec(**canonical_sample(sample, space))
 
 
 class ConvNetModelSpace(ModelSpace):
@@ -126,19 +163,25 @@ class ConvNetModelSpace(ModelSpace):
 
     NNI re-runs ``__init__`` inside a frozen context for every sampled architecture, so ``self.spec`` is the concrete
     architecture of the instance an evaluator receives (during the initial dry run: the first value of each choice).
+    The context's sample may be in either space's format (``canonical_sample``), so any strategy's export, one-shot
+    included, becomes an architecture of this space.
     """
 
     def __init__(self, space: SearchSpace, channels: int, num_classes: int, image_size: tuple[int, int]):
         super().__init__()
+        self.space, self.channels, self.num_classes, self.image_size = space, channels, num_classes, tuple(image_size)
         self._arguments = (space, channels, num_classes, tuple(image_size))
-        chosen = {field: ensure_frozen(self.add_mutable(nni.choice(field, list(values))))
+        building = current_model()  # the sample NNI builds this instance for, or None (the space itself)
+        sample = canonical_sample(building, space) if building is not None else None
+        chosen = {field: ensure_frozen(self.add_mutable(nni.choice(field, list(values))), sample=sample)
                   for field, values in space.choices().items()}
         self.spec = ConvNetSpec(**chosen)
         self.net = build_model(self.spec, channels, num_classes, tuple(image_size))
 
-    def freeze(self, sample: dict) -> "ConvNetModelSpace":
-        """The model of one architecture (NNI's "raw" model format calls this; "simplified" re-runs __init__)."""
-        with model_context(sample):
+    def freeze(self, sample: Mapping) -> "ConvNetModelSpace":
+        """The model of one architecture, ``sample`` in either space's format (NNI's "raw" model format calls this;
+        "simplified" re-runs __init__)."""
+        with model_context(canonical_sample(sample, self._arguments[0])):
             return ConvNetModelSpace(*self._arguments)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

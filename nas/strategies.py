@@ -5,21 +5,28 @@ Three kinds of names are accepted:
 - the four short names with this project's settings: ``grid`` (NNI ``GridSearch`` in enumeration order), ``random``,
   ``evolution`` (``RegularizedEvolution`` with a population sized to the space) and ``tpe``;
 - any NNI strategy class by its name, in any case: multi-trial (``GridSearch``, ``Random``, ``RegularizedEvolution``,
-  ``TPE``, ``PolicyBasedRL``) with NNI's default settings (``TPE`` maximising), or one-shot (``DARTS``, ``ENAS``, ``GumbelDARTS``,
+  ``TPE``, ``PolicyBasedRL``) with NNI's default settings, or one-shot (``DARTS``, ``ENAS``, ``GumbelDARTS``,
   ``RandomOneShot``, ``Proxyless``), which trains a supernet instead of trials (``nas.oneshot``);
 - ``module:Class`` for a user's own multi-trial strategy: a ``nni.nas.strategy.Strategy`` subclass, or a function that
   returns a strategy, called without arguments.
 
 Strategies whose constructor takes ``seed`` get ``--seed``.
+
+Which way: a trial reports its validation accuracy, higher is better, so every search MAXIMISES (``OPTIMIZE_MODE``).
+NNI's ``TPE()`` minimises unless told otherwise; ``tpe`` and ``TPE`` are both built with ``optimize_mode="maximize"``
+here, and a user's strategy whose tuner minimises is refused (it would look for the worst architecture).
 """
 from __future__ import annotations
 
 import importlib
 import importlib.util
 import inspect
-import warnings
 from dataclasses import dataclass
 from typing import Callable
+
+from nni.nas import strategy
+from nni.nas.oneshot.pytorch.strategy import OneShotStrategy
+from nni.nas.strategy import Strategy
 
 from dm_core import DMError
 
@@ -27,6 +34,7 @@ SHORT_NAMES = ("grid", "random", "evolution", "tpe")
 MULTI_TRIAL = ("GridSearch", "Random", "RegularizedEvolution", "TPE", "PolicyBasedRL")
 ONE_SHOT = ("DARTS", "ENAS", "GumbelDARTS", "RandomOneShot", "Proxyless")
 NEEDS_TIANSHOU = ("PolicyBasedRL", "ENAS")  # NNI's reinforcement-learning controllers
+OPTIMIZE_MODE = "maximize"  # trials report validation accuracy
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,7 @@ class StrategyChoice:
         """A fresh strategy instance (multi-trial or one-shot) seeded where the class allows it."""
         if self.name in SHORT_NAMES:
             return _short(self.name, space_size, seed)
-        if self.name == "TPE":  # NNI's TpeTuner minimises by default; trials report accuracy
+        if self.name == "TPE":  # NNI's TPE() minimises; trials report accuracy (see the module docstring)
             return _short("tpe", space_size, seed)
         factory = _nni_class(self.name) if ":" not in self.name else _user_factory(self.name)
         kwargs = {"seed": seed} if "seed" in _parameters(factory) else {}
@@ -48,10 +56,12 @@ class StrategyChoice:
             strategy = factory(**kwargs)
         except ImportError as exc:  # a user's strategy may need a package that is missing
             raise DMError(f"strategy {self.name} cannot start: {exc}") from None
-        from nni.nas.strategy import Strategy
-
         if not isinstance(strategy, Strategy):
-            raise DMError(f"--strategy {self.name} gave a {type(strategy).__name__}, not an NNI Strategy")
+            raise DMError(f"strategy {self.name} gave a {type(strategy).__name__}, not an NNI Strategy")
+        mode = getattr(getattr(getattr(strategy, "tuner", None), "optimize_mode", None), "value", OPTIMIZE_MODE)
+        if mode != OPTIMIZE_MODE:  # an HPO tuner strategy (TPE, Anneal, ...) built to minimise
+            raise DMError(f"strategy {self.name} minimises, but trials report validation accuracy (higher is "
+                          f"better): build its tuner with optimize_mode='maximize'")
         return strategy
 
 
@@ -77,8 +87,6 @@ def parse_strategy(text: str) -> StrategyChoice:
 
 
 def _short(name: str, space_size: int, seed: int):
-    from nni.nas import strategy
-
     if name == "grid":
         return strategy.GridSearch(shuffle=False)
     if name == "random":
@@ -91,9 +99,6 @@ def _short(name: str, space_size: int, seed: int):
 
 
 def _nni_class(name: str) -> Callable:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from nni.nas import strategy
     return getattr(strategy, name)
 
 
@@ -102,18 +107,14 @@ def _user_factory(text: str) -> Callable:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise DMError(f"--strategy {text}: cannot import {module_name!r} ({exc})") from None
+        raise DMError(f"strategy {text}: cannot import {module_name!r} ({exc})") from None
     factory = getattr(module, attribute, None)
     if factory is None or not callable(factory):
-        raise DMError(f"--strategy {text}: {module_name} has no class or function {attribute!r}")
-    from nni.nas.strategy import Strategy
-
+        raise DMError(f"strategy {text}: {module_name} has no class or function {attribute!r}")
     if inspect.isclass(factory) and not issubclass(factory, Strategy):
-        raise DMError(f"--strategy {text}: {attribute} is not a subclass of nni.nas.strategy.Strategy")
-    from nni.nas.oneshot.pytorch.strategy import OneShotStrategy
-
+        raise DMError(f"strategy {text}: {attribute} is not a subclass of nni.nas.strategy.Strategy")
     if inspect.isclass(factory) and issubclass(factory, OneShotStrategy):
-        raise DMError(f"--strategy {text}: a user's one-shot strategy is not supported; use DARTS, ENAS, "
+        raise DMError(f"strategy {text}: a user's one-shot strategy is not supported; use DARTS, ENAS, "
                       f"GumbelDARTS, RandomOneShot or Proxyless")
     return factory
 

@@ -1,7 +1,8 @@
 """One trial: train an architecture from scratch on a proxy (or the whole split), ``repeats`` times, and score it.
 
-``ArchitectureEvaluator`` is the function NNI's ``FunctionalEvaluator`` calls with each sampled model: it trains the
-repeats that the trial store does not hold yet, records each one as soon as it finishes, and reports the mean
+``ArchitectureEvaluator`` is the function NNI's ``FunctionalEvaluator`` calls with each sampled model in the
+command's own searches (``nas.evaluator`` wraps the same for a user's NasExperiment): it trains the repeats that the
+trial store does not hold yet, records each one as soon as it finishes, and reports the mean
 validation accuracy to NNI with ``nni.report_final_result``. With ``report_every`` it also reports the validation
 accuracy every few epochs (``nni.report_intermediate_result``) and records the curves; with an assessor, a trial whose
 first repeat it rejects stops early (``nas.assessor``).
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from dm_core import ConvNetSpec, TrainConfig, build_model, evaluate_accuracy, reinit_, train_model
+from dm_core.augment import DEFAULT_STRATEGY
 
 from .assessor import FINISHED, STOPPED, Curve, CurveStore, TrialAssessor
 from .results import TrialRecord, TrialStore
@@ -38,14 +40,19 @@ class TrainTask:
     y_test: torch.Tensor | None = None
 
     @property
-    def steps(self) -> int:
+    def train_iterations(self) -> int:
+        """SGD iterations of one training."""
         return self.config.schedule(len(self.x))[1]
 
     @property
     def budget(self) -> str:
+        """The training recipe, part of a row's key: rows of another recipe never stand in for this one's. fp32 and
+        the six-group DSA strategy (what every earlier row used) add nothing, so those keys stay as they were."""
         length = f"it{self.config.iterations}" if self.config.iterations is not None else f"e{self.config.epochs}"
-        precision = "" if self.config.precision == "fp32" else f"-{self.config.precision}"  # fp32 keys stay as before
-        return f"{length}-b{self.config.batch_size}{precision}"
+        precision = "" if self.config.precision == "fp32" else f"-{self.config.precision}"
+        strategy = self.config.strategy
+        augment = "" if strategy == DEFAULT_STRATEGY else f"-aug-{strategy}"
+        return f"{length}-b{self.config.batch_size}{precision}{augment}"
 
 
 # Evaluation batch: on a CPU 128 images per forward pass measured 1.5-2x faster than 1024 (cache-sized activations);
@@ -77,7 +84,8 @@ def train_architecture(spec: ConvNetSpec, task: TrainTask, repeat: int, seed: in
     test_acc = (evaluate_accuracy(net, task.x_test, task.y_test, device=device, batch_size=EVAL_BATCH,
                                   precision=precision) if task.x_test is not None else None)
     return TrialRecord(task.label, spec.name, spec.depth, spec.width, spec.act, spec.norm, spec.pool, repeat,
-                       trial_seed, task.budget, len(task.x), task.steps, val_acc, test_acc, seconds, precision)
+                       trial_seed, task.budget, len(task.x), task.train_iterations, val_acc, test_acc, seconds,
+                       precision, task.config.strategy)
 
 
 class _Stop(Exception):

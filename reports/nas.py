@@ -1,8 +1,10 @@
 """Table 5 (CSV + Markdown) and Figure F8 of DM section 3.6 from a NAS run directory's result files; never trains.
 
-    python -m reports nas --run runs/nas --out reports/nas_cifar10 [--top-fraction 0.05]
+    python -m reports nas runs/nas --out reports/nas_cifar10 [--top-fraction 0.05]
 
-Inputs: ``results.csv`` (nas.search), ``groundtruth.csv`` (nas.groundtruth), ``run.json`` (proxy sizes and costs).
+Inputs: ``results.csv`` (nas.search), ``groundtruth.csv`` (nas.groundtruth), ``run.json`` (proxy sizes and costs),
+read through the records layer (``nas.results.TRIALS``): a damaged file, or two rows of one training (which would be
+averaged in as another repeat), is refused with one line naming the rows.
 Outputs, accuracies in percent: ``table5.csv`` (one row per method, with the paper's numbers beside the run's),
 ``table5.md`` (the paper's layout: one column per method, the paper's values in their own rows) and ``figure_f8.png``
 (one panel per proxy, shared axes: for each of its top architectures by proxy validation accuracy, x = test accuracy
@@ -20,8 +22,10 @@ from pathlib import Path
 from dm_core import DMError, atomic_write_bytes, atomic_write_text
 
 from nas.analysis import GROUNDTRUTH_LABEL, TOP_FRACTION, MethodSummary, mean_scores, std_scores, summarize_run
-from nas.results import read_records
+from nas.results import read_trials
 from nas.rundir import RunDir
+
+from .cli import main as reports_main
 
 # DM paper, Table 5 (CIFAR-10, 720 ConvNets, top 5%, one V100): PROTOCOL.md section 7.
 PAPER_TABLE5 = {
@@ -51,13 +55,13 @@ def load_run(run_dir: Path, fraction: float) -> tuple[list[MethodSummary], dict[
     """(summaries, whole-data test accuracy by architecture, its std over repeats, run.json)."""
     run = RunDir(run_dir)
     info = run.info()
-    results = read_records(run.results)
-    if not results:
+    results = read_trials(run.results)
+    if not len(results):
         raise DMError(f"no search results in {run.results}: run python -m nas.search --out {run_dir} first")
-    groundtruth = read_records(run.groundtruth)
-    if groundtruth:  # one training budget for the ground truth: the most common one
-        budget = Counter(r.budget for r in groundtruth).most_common(1)[0][0]
-        groundtruth = [r for r in groundtruth if r.budget == budget]
+    groundtruth = read_trials(run.groundtruth)
+    if len(groundtruth):  # one training budget for the ground truth: the most common one
+        budget = Counter(groundtruth["budget"]).most_common(1)[0][0]
+        groundtruth = groundtruth[groundtruth["budget"] == budget]
     summaries = summarize_run(results, groundtruth, info.get("proxies", {}), fraction)
     return summaries, mean_scores(groundtruth, "test_acc"), std_scores(groundtruth, "test_acc"), info
 
@@ -136,7 +140,7 @@ def figure_f8(summaries: list[MethodSummary], truth: dict[str, float], truth_std
 
 def draw_f8(summaries: list[MethodSummary], truth: dict[str, float], truth_std: dict[str, float]):
     """The matplotlib figure of F8: one panel per proxy (not the ground truth's own column), shared square axes."""
-    import matplotlib
+    import matplotlib  # here: only the figure needs it, and the Agg backend must be chosen before pyplot loads
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -183,9 +187,9 @@ def draw_f8(summaries: list[MethodSummary], truth: dict[str, float], truth_std: 
 
 def render(run_dir: Path, out_dir: Path, fraction: float = TOP_FRACTION) -> list[Path]:
     if not run_dir.is_dir():
-        raise DMError(f"no NAS run directory at {run_dir}: give the --out of nas.search")
+        raise DMError(f"no NAS run directory at {run_dir}: give the out folder of nas.search")
     if out_dir.exists() and not out_dir.is_dir():
-        raise DMError(f"--out {out_dir} is a file: give a folder")
+        raise DMError(f"the report folder {out_dir} is a file: give a folder")
     summaries, truth, truth_std, info = load_run(run_dir, fraction)
     written = [atomic_write_text(out_dir / "table5.csv", table_csv(summaries)),
                atomic_write_text(out_dir / "table5.md", table_markdown(summaries, info, fraction))]
@@ -202,12 +206,12 @@ def add_arguments(p) -> None:
     p.add_argument("run", type=Path, metavar="RUN", help="the run folder of nas.search (its --out)")
     p.add_argument("--out", type=Path, default=None, help="folder for the table and figure (default: RUN/report)")
     p.add_argument("--top-fraction", type=float, default=TOP_FRACTION,
-                   help="fraction of each proxy's ranking the correlation is taken over (the paper: 0.05)")
+                   help="fraction of each proxy's ranking the correlation is taken over, as in the paper")
 
 
 def make(args) -> list[Path]:
     if not 0 < args.top_fraction <= 1:
-        raise DMError(f"--top-fraction must be in (0, 1], got {args.top_fraction}")
+        raise DMError(f"top_fraction must be in (0, 1], got {args.top_fraction}")
     if args.out is None:
         args.out = args.run / "report"
     return render(args.run, args.out, args.top_fraction)
@@ -215,8 +219,6 @@ def make(args) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m reports nas ...``."""
-    from .cli import main as reports_main
-
     return reports_main(["nas", *(sys.argv[1:] if argv is None else argv)])
 
 

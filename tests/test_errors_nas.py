@@ -80,7 +80,7 @@ def gt(prepare: Callable[[Path], Path], *extra: str) -> Callable[[Path], list[st
 
 
 def report(prepare: Callable[[Path], Path], *extra: str) -> Callable[[Path], list[str]]:
-    return lambda root: ["--run", str(prepare(root)), "--out", str(root / "report"), *extra]
+    return lambda root: [str(prepare(root)), "--out", str(root / "report"), *extra]
 
 
 def run_json(text: str) -> Callable[[Path], Path]:
@@ -113,6 +113,8 @@ LEGACY = ("proxy,arch,depth,width,act,norm,pool,repeat,seed,budget,train_images,
 PERCENT = f"{HEADER}\n{GOOD_ROW.replace(',0.5,0.5,', ',95.3,94.1,')}\n"
 NO_TEST = f"{HEADER}\n{GOOD_ROW.replace(',0.5,0.5,', ',0.5,,')}\n"
 WORDS = f"{HEADER}\n{GOOD_ROW.replace(',1,32,', ',one,32,')}\n"
+DUPLICATED = f"{HEADER}\n{GOOD_ROW}\n{GOOD_ROW}\n"  # one training twice: never a second repeat
+CONFLICTING = f"{HEADER}\n{GOOD_ROW}\n{GOOD_ROW.replace(',0.5,0.5,', ',0.6,0.5,')}\n"
 
 CASES = [
     # nas.search
@@ -120,14 +122,14 @@ CASES = [
     ("search", "empty-space", search("--space", "depth="), None),
     ("search", "unknown-space", search("--space", "nosuch"), "unknown search space"),
     ("search", "missing-npz", search("--dataset", "npz:/nonexistent/data.npz"), "no array file"),
-    ("search", "zero-repeats", search("--repeats", "0"), "--repeats"),
-    ("search", "zero-epochs", search("--epochs", "0"), "--epochs"),
+    ("search", "zero-repeats", search("--repeats", "0"), "repeats must be at least 1"),
+    ("search", "zero-epochs", search("--epochs", "0"), "epochs must be at least 1"),
     ("search", "val-fraction", search("--val-fraction", "1.5"), "--val-fraction"),
     ("search", "zero-max-trials", search("--max-trials", "0"), "--max-trials"),
     ("search", "missing-proxy-file", search("--proxy", "random2", "--proxy-file", "/nonexistent/set.pt"),
      "no proxy file"),
     ("search", "name-vs-file-ipc", search_with(set_file, "--proxy", "random3", "--proxy-file", "{}"),
-     "use --proxy random2"),
+     "not random3: name it random2"),
     ("search", "name-vs-file-method", search_with(set_file, "--proxy", "dm2", "--proxy-file", "{}"), "not dm2"),
     ("search", "custom-without-file", search("--proxy", "custom:mine"), "--proxy-file"),
     ("search", "custom-bad-name", search("--proxy", "custom:a/b"), "custom:NAME"),
@@ -147,45 +149,54 @@ CASES = [
     ("search", "run-json-a-list", search_with(run_json("[1, 2]")), "not a NAS run file"),
     ("search", "run-of-another-split", search_with(run_json(json.dumps(
         {"dataset": "digits", "split_seed": 1, "val_fraction": 0.1, "proxies": {}}))), "holds a search on"),
-    ("search", "binary-results", search_with(results(GARBAGE)), "not a readable CSV"),
-    ("search", "truncated-results", search_with(results(TRUNCATED)), "line 3"),
+    ("search", "binary-results", search_with(results(GARBAGE)), "not a readable nas-trials table"),
+    ("search", "truncated-results", search_with(results(TRUNCATED)), "ends in the middle of a line"),
     ("search", "legacy-results", search_with(results(LEGACY)), "older nas"),
     ("search", "percent-results", search_with(results(PERCENT)), "not a fraction"),
-    ("search", "damaged-groundtruth", search_with(results(WORDS, "groundtruth.csv")), "not an integer"),
+    ("search", "damaged-groundtruth", search_with(results(WORDS, "groundtruth.csv")), "line 2: depth = 'one' is not"),
+    ("search", "duplicated-row", search_with(results(DUPLICATED)), "lines 2 and 3 record the same unit"),
+    ("search", "damaged-curves", search_with(results(GARBAGE, "curves.csv")), "not a readable nas-curves table"),
+    ("search", "unknown-augment", search("--augment", "color_blur"), "unknown augmentation 'color_blur'"),
     # nas.groundtruth
     ("groundtruth", "no-run-dir", lambda r: ["--out", str(r / "nothing"), "--device", "cpu"],
      "not a NAS run directory"),
-    ("groundtruth", "zero-steps", gt(valid_run, "--steps", "0"), "--steps"),
-    ("groundtruth", "zero-epochs", gt(valid_run, "--epochs", "0"), "--epochs"),
-    ("groundtruth", "zero-repeats", gt(valid_run, "--repeats", "0"), "--repeats"),
+    ("groundtruth", "zero-iterations", gt(valid_run, "--train-iterations", "0"), "--train-iterations"),
+    ("groundtruth", "old-steps-flag", gt(valid_run, "--steps", "300"), "--steps was renamed: use --train-iterations"),
+    ("groundtruth", "zero-epochs", gt(valid_run, "--epochs", "0"), "epochs must be at least 1"),
+    ("groundtruth", "zero-repeats", gt(valid_run, "--repeats", "0"), "repeats must be at least 1"),
+    ("groundtruth", "unknown-augment", gt(valid_run, "--augment", "blur"), "unknown augmentation 'blur'"),
     ("groundtruth", "zero-fraction", gt(valid_run, "--top-fraction", "0"), "--top-fraction"),
     ("groundtruth", "big-fraction", gt(valid_run, "--top-fraction", "1.5"), "--top-fraction"),
     ("groundtruth", "unknown-space", gt(valid_run, "--all", "--space", "nosuch"), "unknown search space"),
     ("groundtruth", "unknown-precision", gt(valid_run, "--precision", "fp16"), "--precision"),
     ("groundtruth", "corrupt-run-json", gt(run_json("{not json")), "unreadable"),
     ("groundtruth", "run-json-missing-keys", gt(run_json('{"dataset": "digits"}')), "missing split_seed"),
-    ("groundtruth", "truncated-results", gt(results(TRUNCATED)), "line 3"),
-    ("groundtruth", "binary-results", gt(results(GARBAGE)), "not a readable CSV"),
-    ("groundtruth", "damaged-groundtruth", gt(results(WORDS, "groundtruth.csv")), "not an integer"),
+    ("groundtruth", "truncated-results", gt(results(TRUNCATED)), "ends in the middle of a line"),
+    ("groundtruth", "binary-results", gt(results(GARBAGE)), "not a readable nas-trials table"),
+    ("groundtruth", "damaged-groundtruth", gt(results(WORDS, "groundtruth.csv")), "line 2: depth = 'one' is not"),
+    ("groundtruth", "duplicated-groundtruth", gt(results(DUPLICATED, "groundtruth.csv")), "record the same unit"),
     ("groundtruth", "no-search-yet", gt(only_run_json), "no finished search"),
-    ("groundtruth", "less-than-an-epoch", gt(valid_run, "--all", "--space", "micro", "--steps", "5"),
+    ("groundtruth", "less-than-an-epoch", gt(valid_run, "--all", "--space", "micro", "--train-iterations", "5"),
      "less than one epoch"),
     ("groundtruth", "out-is-a-file", gt(a_file), "is a file"),
     # python -m reports nas
-    ("report", "no-run-dir", lambda r: ["--run", str(r / "nothing")], "no NAS run directory"),
+    ("report", "no-run-dir", lambda r: [str(r / "nothing")], "no NAS run directory"),
+    ("report", "old-run-flag", lambda r: ["--run", str(valid_run(r))], "--run was removed: use the run folder as"),
     ("report", "zero-fraction", report(valid_run, "--top-fraction", "0"), "--top-fraction"),
     ("report", "no-results", report(only_run_json), "no search results"),
     ("report", "empty-results", report(results("")), "is empty"),
-    ("report", "binary-results", report(results(GARBAGE)), "not a readable CSV"),
-    ("report", "truncated-results", report(results(TRUNCATED)), "line 3"),
+    ("report", "binary-results", report(results(GARBAGE)), "not a readable nas-trials table"),
+    ("report", "truncated-results", report(results(TRUNCATED)), "ends in the middle of a line"),
+    ("report", "duplicated-row", report(results(DUPLICATED)), "lines 2 and 3 record the same unit"),
+    ("report", "conflicting-row", report(results(CONFLICTING)), "lines 2 and 3 record the same unit"),
     ("report", "legacy-results", report(results(LEGACY)), "older nas"),
     ("report", "percent-results", report(results(PERCENT)), "not a fraction"),
     ("report", "no-proxy-test-accuracy", report(results(NO_TEST)), "no proxy-trained test accuracy"),
-    ("report", "words-in-results", report(results(WORDS)), "not an integer"),
-    ("report", "damaged-groundtruth", report(results(TRUNCATED, "groundtruth.csv")), "line 3"),
+    ("report", "words-in-results", report(results(WORDS)), "line 2: depth = 'one' is not"),
+    ("report", "damaged-groundtruth", report(results(TRUNCATED, "groundtruth.csv")), "ends in the middle of a line"),
     ("report", "corrupt-run-json", report(run_json("{not json")), "unreadable"),
     ("report", "run-json-not-an-object", report(run_json('"run"')), "not a NAS run file"),
-    ("report", "out-is-a-file", lambda r: ["--run", str(valid_run(r)), "--out", str(a_file(r / "x"))], "is a file"),
+    ("report", "out-is-a-file", lambda r: [str(valid_run(r)), "--out", str(a_file(r / "x"))], "is a file"),
 ]
 
 

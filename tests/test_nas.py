@@ -4,6 +4,7 @@ Searches run on scikit-learn's digits (offline) with tiny budgets; every test ru
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -297,9 +298,12 @@ def test_search_cli_runs_and_groundtruth_cli_errors(tmp_path, capsys):
     argv = ["--dataset", "digits", "--space", "micro", "--proxy", "random3", "--epochs", "1", "--repeats", "1",
             "--device", "cpu", "--out", str(out), "--no-progress"]
     assert search_main(argv) == 0
-    assert "random3: 4 architectures ranked" in capsys.readouterr().out
-    assert groundtruth_main(["--out", str(out), "--steps", "0"]) == 2
-    assert "--steps" in _error_line(capsys)
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (last["proxy"], last["architectures_ranked"]) == ("random3", 4)
+    assert groundtruth_main(["--out", str(out), "--train-iterations", "0"]) == 2
+    assert "--train-iterations" in _error_line(capsys)
+    assert groundtruth_main(["--out", str(out), "--steps", "6"]) == 2  # the flag's old name
+    assert "--steps was renamed: use --train-iterations" in _error_line(capsys)
 
 
 def test_search_refuses_a_run_directory_of_another_dataset(tmp_path):
@@ -355,9 +359,9 @@ def test_remote_execution_takes_its_machines_from_a_training_service_file(tmp_pa
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(execution="remote"), "needs --training-service FILE"),
-    (dict(execution="kubeflow"), "needs --training-service FILE"),
-    (dict(execution="sequential", training_service="x.json"), "goes with --execution"),
+    (dict(execution="remote"), "needs training_service"),
+    (dict(execution="kubeflow"), "needs training_service"),
+    (dict(execution="sequential", training_service="x.json"), "goes with execution"),
     (dict(execution="remote", training_service="/nonexistent.json"), "cannot read the training-service file"),
 ])
 def test_training_service_errors_come_before_any_work(tmp_path, overrides, message):
@@ -376,3 +380,42 @@ def test_a_training_service_file_nni_rejects_is_one_clear_error(tmp_path):
     space = ConvNetModelSpace(plan.space, 1, 10, (16, 16))
     with pytest.raises(DMError, match="not valid for NNI's remote training service"):
         build_experiment(plan, space, strategy=None)
+
+
+# --- one command shell: the JSON line, --augment ---------------------------------------------------------------------
+
+def test_both_commands_end_with_one_json_line_and_augment_reaches_every_training(tmp_path, monkeypatch, capsys):
+    """--augment is the DSA strategy of every training (search trials and ground truth), recorded in each row and
+    in the budget (a row trained otherwise never stands in); the last stdout line is the command's JSON object."""
+    seen = []
+    real = trial_mod.train_model
+    monkeypatch.setattr(trial_mod, "train_model", lambda net, x, y, config, **k: seen.append(config.augment) or
+                        real(net, x, y, config, **k))
+    out = tmp_path / "run"
+    argv = ["--dataset", "digits", "--space", "micro", "--proxy", "random3", "--epochs", "1", "--repeats", "1",
+            "--device", "cpu", "--out", str(out), "--no-progress"]
+    assert search_main([*argv, "--augment", "none"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(last) == {"proxy", "strategy", "optimize_mode", "repeats", "architectures_ranked", "stopped_early",
+                         "best", "best_val_percent", "selected_by", "budget", "augment", "results"}
+    assert (last["augment"], last["budget"], last["optimize_mode"], last["stopped_early"]) == \
+        ("none", "e1-b250-aug-none", "maximize", 0)
+    assert last["best"] in {s.name for s in NAMED_SPACES["micro"].specs()} and 0 <= last["best_val_percent"] <= 100
+    assert last["results"] == str(out / "results.csv") and seen == ["none"] * 4
+    assert search_main(argv) == 0  # the dataset's strategy: trained again, under its own budget
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["budget"] == "e1-b250"
+    rows = read_records(out / "results.csv")
+    assert sorted((r.augment, r.budget) for r in rows) == \
+        [("color_crop_cutout_flip_scale_rotate", "e1-b250")] * 4 + [("none", "e1-b250-aug-none")] * 4
+    assert seen[4:] == ["color_crop_cutout_flip_scale_rotate"] * 4
+
+    seen.clear()
+    assert groundtruth_main(["--out", str(out), "--top-fraction", "0.25", "--train-iterations", "6", "--repeats",
+                             "1", "--augment", "crop_flip", "--device", "cpu", "--no-progress"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(last) == {"groundtruth", "architectures", "best", "best_test_percent", "budget", "augment", "repeats"}
+    assert (last["budget"], last["augment"], last["repeats"]) == ("it6-b250-aug-crop_flip", "crop_flip", 1)
+    truth = read_records(out / "groundtruth.csv")
+    targets = groundtruth_targets(read_records(out / "results.csv"), 0.25)  # the top of each of the two budgets
+    assert len(truth) == last["architectures"] == len(seen) == len(targets) and {r.arch for r in truth} == set(targets)
+    assert all(r.augment == "crop_flip" and r.train_iterations == 6 for r in truth) and set(seen) == {"crop_flip"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from nas import trial as trial_mod
-from nas.assessor import CurveStore
+from nas.assessor import Curve, CurveStore
 from nas.results import read_records
 from nas.search import SearchConfig, main as search_main, run_search
 
@@ -59,9 +59,9 @@ def test_medianstop_stops_weak_trials_and_a_rerun_neither_trains_nor_ranks_them(
 
 @pytest.mark.parametrize("argv, message", [
     (["--assessor", "Bogus"], "unknown assessor 'Bogus': choose one of Medianstop, Curvefitting"),
-    (["--assessor", "medianstop", "--report-every", "0"], "--assessor judges intermediate results"),
+    (["--assessor", "medianstop", "--report-every", "0"], "assessor judges intermediate results: give --report-every"),
     (["--report-every", "-1"], "--report-every must be 0"),
-    (["--assessor-start", "2"], "--assessor-start goes with --assessor"),
+    (["--assessor-start", "2"], "--assessor-start goes with an assessor"),
 ])
 def test_assessor_options_are_checked_before_any_work(tmp_path, capsys, argv, message):
     out = tmp_path / "run"
@@ -71,3 +71,22 @@ def test_assessor_options_are_checked_before_any_work(tmp_path, capsys, argv, me
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert not out.exists()
+
+
+def test_a_curves_file_of_the_previous_layout_is_read_and_upgraded(tmp_path):
+    """curves.csv as nas wrote it before (column assessor, empty for a finished curve, points joined by ';')."""
+    path = tmp_path / "curves.csv"
+    path.write_text("proxy,arch,budget,repeat,every,status,assessor,val_acc_fraction_curve\n"
+                    "random5,a,e4-b250,0,2,finished,,0.25;0.5\n"
+                    "random5,b,e4-b250,0,2,stopped,Medianstop,0.125\n")
+    store = CurveStore(path)
+    finished, stopped = store.curves()
+    assert (finished.status, finished.assessor, finished.val_acc) == ("finished", "", (0.25, 0.5))
+    assert store.stopped("random5", "b", "e4-b250", 2, "Medianstop") == stopped and stopped.val_acc == (0.125,)
+    store.add(Curve("random5", "c", "e4-b250", 0, 2, "finished", "", (0.375,)))
+    store.add(finished)  # recorded already: nothing new
+    lines = path.read_text().splitlines()
+    assert lines[0] == "proxy,arch,budget,repeat,every,status,stopped_by,val_acc_fraction_curve"
+    assert lines[1:] == ["random5,a,e4-b250,0,2,finished,none,0.25 0.5",
+                         "random5,b,e4-b250,0,2,stopped,Medianstop,0.125", "random5,c,e4-b250,0,2,finished,none,0.375"]
+    assert store.curves()[:2] == [finished, stopped]

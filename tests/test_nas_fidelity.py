@@ -50,8 +50,10 @@ def test_every_proxy_trial_records_its_test_accuracy_and_precision(tmp_path):
     with summary.results.open() as f:
         reader = csv.DictReader(f)
         rows = list(reader)
-    assert {"val_acc_fraction", "test_acc_fraction", "precision"} <= set(reader.fieldnames)
+    assert {"val_acc_fraction", "test_acc_fraction", "precision", "augment", "train_iterations"} \
+        <= set(reader.fieldnames)
     assert not {"val_acc", "test_acc"} & set(reader.fieldnames)  # a column of fractions says so in its name
+    assert "steps" not in reader.fieldnames  # one word per idea: "steps" are continual steps
     assert len(rows) == 4 and all(r["precision"] == "fp32" for r in rows)
     tests = [float(r["test_acc_fraction"]) for r in rows]
     assert all(0 < t <= 1 for t in tests) and len(set(tests)) > 1  # measured, per architecture
@@ -96,9 +98,10 @@ def test_groundtruth_refuses_fewer_steps_than_one_epoch(tmp_path, capsys):
     run_search(tiny_search(out))
     before = (out / "results.csv").read_bytes()
     # digits: 1,293 training images at batch 250 = 6 steps per epoch
-    assert groundtruth_main(["--out", str(out), "--all", "--space", "micro", "--steps", "5", "--device", "cpu"]) == 2
+    assert groundtruth_main(["--out", str(out), "--all", "--space", "micro", "--train-iterations", "5", "--device",
+                             "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "less than one epoch" in err[0] and "--steps 6" in err[0]
+    assert len(err) == 1 and "less than one epoch" in err[0] and "--train-iterations 6" in err[0]
     assert not (out / "groundtruth.csv").exists() and (out / "results.csv").read_bytes() == before
 
 
@@ -121,8 +124,8 @@ def digits_set_files(tmp_path_factory):
 
 
 @pytest.mark.parametrize("proxy, file, message", [
-    ("dm3", "dm7", "holds a dm set of 7 images per class, not dm3: use --proxy dm7"),  # the issue's example
-    ("random3", "random7", "holds a random set of 7 images per class, not random3: use --proxy random7"),
+    ("dm3", "dm7", "holds a dm set of 7 images per class, not dm3: name it dm7"),  # the issue's example
+    ("random3", "random7", "holds a random set of 7 images per class, not random3: name it random7"),
     ("dm7", "random7", "not dm7"),
     ("dm2", "bare", "custom:NAME"),
     ("random3", "lying", "says 3 images per class but holds 70 images"),
@@ -146,7 +149,7 @@ def test_a_set_of_ones_own_is_custom_and_a_matching_name_is_accepted(tmp_path, d
     info = json.loads((out / "run.json").read_text())
     assert info["proxies"]["random7"]["method"] == "random" and info["proxies"]["random7"]["ipc"] == 7
     assert info["proxies"]["custom:mine"]["images"] == 70
-    with pytest.raises(DMError, match="--proxy-file"):
+    with pytest.raises(DMError, match="proxy_file"):
         tiny_search(out, proxy="custom:mine").resolve()
 
 
@@ -242,3 +245,26 @@ def test_ctrl_c_in_groundtruth_is_one_line_and_the_same_command_resumes(tmp_path
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["architectures"] == 4
     records = {r.key: r for r in read_records(out / "groundtruth.csv")}
     assert len(records) == 8 and all(records[k] == saved[k] for k in saved)
+
+
+def test_a_results_file_of_the_previous_layout_is_read_and_upgraded_by_the_next_append(tmp_path):
+    """results.csv as nas wrote it before the augment column (steps instead of train_iterations): its rows are read
+    as trained with the six-group DSA strategy, a search into the folder reuses them, and its next append rewrites
+    the file in the current layout."""
+    out = tmp_path / "run"
+    first = run_search(tiny_search(out, space="depth=1;width=32;act=relu;norm=none,instancenorm;pool=avgpool"))
+    rows = read_records(first.results)
+    old = ("proxy,arch,depth,width,act,norm,pool,repeat,seed,budget,precision,train_images,steps,val_acc_fraction,"
+           "test_acc_fraction,seconds\n")
+    old += "".join(f"{r.proxy},{r.arch},{r.depth},{r.width},{r.act},{r.norm},{r.pool},{r.repeat},{r.seed},{r.budget},"
+                   f"{r.precision},{r.train_images},{r.train_iterations},{r.val_acc!r},{r.test_acc!r},{r.seconds!r}\n"
+                   for r in rows)
+    first.results.write_text(old)
+    assert read_records(first.results) == rows  # the same records, augment filled in
+    summary = run_search(tiny_search(out))  # micro: the two old architectures and two new ones
+    assert summary.trials == 4
+    text = summary.results.read_text()
+    assert text.startswith("proxy,arch,depth,width,act,norm,pool,repeat,seed,budget,precision,augment,train_images,"
+                           "train_iterations,val_acc_fraction,test_acc_fraction,seconds\n")
+    again = {r.key: r for r in read_records(summary.results)}
+    assert len(again) == 4 and all(again[r.key] == r for r in rows)

@@ -8,6 +8,7 @@ that the in-process sequential search records with the same seeds: none lost, no
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -97,7 +98,8 @@ def test_local_execution_live_killed_and_resumed(tmp_path):
     resumed = _start(out, home)
     stdout, err = resumed.communicate(timeout=240)
     assert resumed.returncode == 0, err
-    assert "random5: 3 architectures ranked" in stdout
+    last = json.loads(stdout.strip().splitlines()[-1])
+    assert (last["proxy"], last["architectures_ranked"]) == ("random5", 3)
     rows = read_records(out / "results.csv")
     keys = [r.key for r in rows]
     assert len(keys) == len(set(keys)) == len(reference)  # nothing lost, nothing twice

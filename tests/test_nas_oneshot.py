@@ -1,6 +1,8 @@
 """nas/oneshot.py: the ConvNet space with open choices, NNI's one-shot strategies on a proxy, the selection scored."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -51,8 +53,8 @@ def test_one_shot_selects_an_architecture_and_scores_it_like_a_trial(tmp_path, m
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--strategy", "darts", "--execution", "local"], "goes with --execution sequential"),
-    (["--strategy", "darts", "--assessor", "Medianstop"], "goes with --execution sequential and no --assessor"),
+    (["--strategy", "darts", "--execution", "local"], "goes with execution sequential"),
+    (["--strategy", "darts", "--assessor", "Medianstop"], "goes with execution sequential and no assessor"),
     (["--strategy", "grid", "--oneshot-epochs", "3"], "--oneshot-epochs goes with a one-shot strategy"),
     (["--strategy", "darts", "--oneshot-epochs", "0"], "--oneshot-epochs must be at least 1"),
 ])
@@ -64,3 +66,15 @@ def test_one_shot_option_errors(tmp_path, capsys, argv, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert not out.exists()
+
+
+def test_the_json_line_names_the_one_shot_strategy_that_selected(tmp_path, capsys):
+    argv = ["--dataset", "digits", "--space", "micro", "--proxy", "random2", "--device", "cpu", "--no-progress",
+            "--out", str(tmp_path / "run"), "--strategy", "randomoneshot", "--oneshot-epochs", "1", "--epochs", "1",
+            "--repeats", "1"]
+    assert search_main(argv) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (last["selected_by"], last["architectures_ranked"], last["optimize_mode"]) == ("RandomOneShot", 1,
+                                                                                           "maximize")
+    assert last["best"] in {s.name for s in NAMED_SPACES["micro"].specs()}
+    assert [r.arch for r in read_records(tmp_path / "run" / "results.csv")] == [last["best"]]

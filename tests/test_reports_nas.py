@@ -4,13 +4,16 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 from scipy import stats
 
 from dm_core import ConvNetSpec
-from nas.results import TrialRecord, TrialStore
+from nas.results import TrialRecord, TrialStore, read_trials
 from reports import nas as report
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SPECS = [ConvNetSpec(d, 32, a, "none", "avgpool") for d in (1, 2, 3, 4) for a in ("relu", "sigmoid")]  # 8 archs
 
@@ -146,3 +149,28 @@ def test_report_errors_are_one_line(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error: no search results")
     assert report.main([str(tmp_path), "--top-fraction", "0"]) == 2
     assert "--top-fraction" in capsys.readouterr().err
+
+
+def test_a_duplicated_trial_row_is_one_error_not_another_repeat(run_dir, tmp_path, capsys):
+    """Two rows of one training (same proxy, architecture, budget and seed) would be averaged in as two repeats and
+    could change the selected architecture: the report refuses them, naming the lines."""
+    run, *_ = run_dir
+    lines = (run / "results.csv").read_text().splitlines(keepends=True)
+    (run / "results.csv").write_text("".join([*lines, lines[1]]))
+    assert report.main([str(run), "--out", str(tmp_path / "report")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and f"lines 2 and {len(lines) + 1} record the same" in err[0]
+    assert "proxy dm10" in err[0] and not (tmp_path / "report").exists()
+
+
+def test_a_run_folder_of_the_previous_layout_gives_the_same_table(tmp_path, capsys):
+    """reports/nas_mnist/run was written before the augment column and the train_iterations name: it is read through
+    the upgrade (six-group DSA, as those trainings used) and gives the committed table again."""
+    committed = ROOT / "reports" / "nas_mnist"
+    assert (committed / "run" / "results.csv").read_text().startswith("proxy,arch,depth,width,act,norm,pool,repeat,"
+                                                                      "seed,budget,precision,train_images,steps,")
+    assert report.main([str(committed / "run"), "--out", str(tmp_path), "--top-fraction", "0.25"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["report"] == "nas"
+    assert (tmp_path / "table5.csv").read_text() == (committed / "table5.csv").read_text()
+    frame = read_trials(committed / "run" / "results.csv")
+    assert set(frame["augment"]) == {"color_crop_cutout_flip_scale_rotate"} and set(frame["train_iterations"]) == {50}

@@ -11,7 +11,7 @@ DATA=${DATA_ROOT:-/work/shared/data}
 COMMON="--dataset mnist --data-root $DATA --space tiny --repeats 1 --epochs 50 --device cpu --out $RUN --no-progress"
 /usr/bin/time -f "random10 search: %e s wall" python -m nas.search --proxy random10 $COMMON
 /usr/bin/time -f "dm10 search (incl. condensation): %e s wall" python -m nas.search --proxy dm10 --iterations 100 --batch-real 64 $COMMON
-/usr/bin/time -f "ground truth: %e s wall" python -m nas.groundtruth --out $RUN --top-fraction 0.25 --steps 216 --repeats 1 --device cpu --data-root $DATA --no-progress
+/usr/bin/time -f "ground truth: %e s wall" python -m nas.groundtruth --out $RUN --top-fraction 0.25 --train-iterations 216 --repeats 1 --device cpu --data-root $DATA --no-progress
 mkdir -p reports/nas_mnist/run
 cp $RUN/results.csv $RUN/groundtruth.csv $RUN/run.json reports/nas_mnist/run/
-python -m reports nas --run reports/nas_mnist/run --out reports/nas_mnist --top-fraction 0.25
+python -m reports nas reports/nas_mnist/run --out reports/nas_mnist --top-fraction 0.25
