@@ -16,6 +16,7 @@ from dm_core.compile import check_compile
 from dm_core.io import file_lock
 from dm_core.precision import PRECISIONS
 from dm_core.registry import get_method, list_methods
+from dm_core.train import RECIPE
 
 from .builder import check_options
 from .device import check_device
@@ -26,9 +27,9 @@ LOGGERS = ("text", "interactive", "csv", "tensorboard")
 # Fields that fix what a result means: a run directory accepts new methods, seeds and repeats, but not a change of
 # these. ``method_options`` are compared per method (see ``changed_settings``): a new method may bring its own options.
 PROTOCOL_FIELDS = ("dataset", "steps", "ipc", "epochs", "iterations", "model", "max_train_per_class", "precision",
-                   "augment")
+                   "augment", "train_recipe")
 # Fields that run directories from before they existed lack, with the value those runs used.
-FORMER_DEFAULTS = {"precision": "fp32", "augment": DEFAULT_STRATEGY}
+FORMER_DEFAULTS = {"precision": "fp32", "augment": DEFAULT_STRATEGY, "train_recipe": 1}
 # Fields stored under an earlier name: earlier name -> name now.
 RENAMED_FIELDS = {"runs": "repeats"}
 
@@ -81,6 +82,7 @@ class ContinualConfig:
         values["loggers"] = list(self.loggers)
         values["method_options"] = {m: dict(o) for m, o in self.method_options.items()}
         values["augment"] = self.strategy
+        values["train_recipe"] = RECIPE  # the trainer's version: rows of another recipe are not this run's
         return values
 
     def builder_options(self, method: str) -> dict:
@@ -154,6 +156,10 @@ def stored_settings(config: ContinualConfig) -> dict | None:
     if old is not None:
         diffs = changed_settings(old, config, ran)
         if diffs:
+            if any(d.startswith("train_recipe ") for d in diffs):
+                raise DMError(f"{config.out} holds a run trained with an earlier recipe ({'; '.join(diffs)}; this "
+                              f"version trains as the reference does): use another run folder (reports still read "
+                              f"this one)")
             raise DMError(f"{config.out} holds a run with other settings ({'; '.join(diffs)}): give its settings to "
                           f"continue it, or use another run folder to start afresh")
     return old

@@ -177,17 +177,45 @@ class Table:
                 raise DMError(f"{where} is not a {schema.tag} table ({detail or 'columns in another order'})"
                               f"{': ' + schema.help if schema.help else ''}")
             frame = upgrade(frame)[list(schema.names)]
-        typed = {c.name: [] for c in schema.columns}
-        for line, row in zip(range(2, len(frame) + 2), frame.itertuples(index=False, name=None)):
-            for column, raw in zip(schema.columns, row):
+        typed = pd.DataFrame({c.name: self._column(c, frame[c.name]) for c in schema.columns},
+                             columns=list(schema.names))
+        self._check_keys(typed)
+        return typed
+
+    def _column(self, column: Column, raw):
+        """One column's typed values, converted all at once; the first bad cell is refused naming its line."""
+        pd = _pandas()
+        empty = raw == ""
+        if column.kind in ("int", "float", "fraction"):
+            values = pd.to_numeric(raw.where(~empty), errors="coerce")
+            bad = values.isna() & ~empty
+            finite = values.where(~values.isna(), 0.0)
+            if column.kind == "int":
+                bad |= ~empty & ((finite != finite.round()) | ~raw.str.strip().str.lstrip("-").str.isdigit())
+            else:
+                bad |= ~empty & ~finite.abs().lt(float("inf"))
+            if not column.signed:
+                bad |= finite < 0
+            if column.kind == "fraction":
+                bad |= finite > 1
+        else:
+            values, bad = raw, pd.Series(False, index=raw.index)
+        if not column.optional:
+            bad |= empty
+        if column.kind == "fractions" or bad.any():  # lists, or a bad cell to name: cell by cell
+            cells = []
+            for line, cell in zip(range(2, len(raw) + 2), raw):
                 try:
-                    typed[column.name].append(_parse(column, raw))
+                    cells.append(_parse(column, cell))
                 except ValueError as exc:
-                    raise DMError(f"{where}, line {line}: {exc}; the file is damaged: fix that line or move the "
-                                  f"file aside") from None
-        frame = pd.DataFrame(typed, columns=list(schema.names))
-        self._check_keys(frame)
-        return frame
+                    raise DMError(f"{self.path}, line {line}: {exc}; the file is damaged: fix that line or move "
+                                  f"the file aside") from None
+            return pd.Series(cells, index=raw.index, dtype=object)
+        if column.kind == "str":
+            return values.astype(object).where(~empty, None)
+        if column.kind == "int" and not empty.any():
+            return values.astype("int64")
+        return values.astype("float64")  # an empty optional number is NaN, as pandas reads it
 
     def _check_keys(self, frame) -> None:
         duplicated = frame[frame.duplicated(list(self.schema.key), keep=False)]
@@ -212,7 +240,7 @@ class Table:
             new.append({c.name: _parse(c, _text(c, row.get(c.name))) for c in schema.columns})
         with file_lock(self.lock):
             frame = self.read()
-            known = {tuple(r[k] for k in schema.key): (i, r) for i, r in enumerate(frame.to_dict("records"))}
+            known = {tuple(r[k] for k in schema.key): (i, r) for i, r in enumerate(plain_records(frame))}
             fresh = []
             for row in new:
                 key = tuple(row[k] for k in schema.key)
@@ -247,6 +275,12 @@ class Table:
     def keys(self) -> set[tuple]:
         frame = self.read()
         return set(map(tuple, frame[list(self.schema.key)].itertuples(index=False, name=None)))
+
+
+def plain_records(frame) -> list[dict]:
+    """A frame's rows as dicts of plain Python values, an empty cell as None (pandas shows it as NaN)."""
+    return [{k: (None if isinstance(v, float) and math.isnan(v) else v.item() if hasattr(v, "item") else v)
+             for k, v in row.items()} for row in frame.to_dict("records")]
 
 
 def rename_columns(mapping: dict[str, str], **fill: str) -> Callable:

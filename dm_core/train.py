@@ -27,6 +27,10 @@ from .precision import check_precision, memory_format, precision_scope
 from .synset import SyntheticSet
 from .validate import check_int, check_number, check_seed
 
+# The version of the training recipe, recorded where results are reused by key (NAS budgets, continual run folders):
+# 2 follows the reference's loop (E + 1 passes, a fresh optimiser at the drop); 1 ran E passes and kept the momentum.
+RECIPE = 2
+
 
 @dataclass(frozen=True)
 class TrainConfig:

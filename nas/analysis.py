@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Union
 
 import pandas as pd
 from scipy import stats
@@ -23,7 +23,7 @@ from .results import COLUMN_OF, TrialRecord, trials_frame
 TOP_FRACTION = 0.05
 GROUNDTRUTH_LABEL = "whole (ground truth)"
 
-Trials = Union[pd.DataFrame, Iterable[TrialRecord]]  # trial rows, either way
+Trials = pd.DataFrame | Iterable[TrialRecord]  # trial rows, either way
 
 
 def as_frame(records) -> pd.DataFrame:

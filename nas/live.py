@@ -19,9 +19,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from dataclasses import asdict
-from typing import Callable, Iterable
 
 import requests
 from nni.experiment import launcher

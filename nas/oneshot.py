@@ -3,9 +3,9 @@
 ``ConvNetSupernet`` offers the ConvNet space to NNI's one-shot strategies with every choice left open, under the same
 labels as the multi-trial space (``depth``, ``width``, ``act``, ``norm``, ``pool``), so a selected sample is the same
 ``ConvNetSpec``. Inside a block, ``norm`` and ``act`` are ``LayerChoice``s shared by every block (one label, one
-decision); ``width`` and ``pool`` change the shape of what follows, so they choose between trunks (one per width and pooling)
-that end in their own classifiers; the logits have one shape, so DARTS can mix them. In a trunk, ``depth`` is an
-``InputChoice`` between the classifier outputs taken after block 1, 2, ...: every depth shares the blocks before it.
+decision); ``width`` and ``pool`` change the shape of what follows, so they choose between trunks (one per width and
+pooling) that end in their own classifiers; the logits have one shape, so DARTS can mix them. In a trunk, ``depth`` is
+an ``InputChoice`` between the classifier outputs taken after block 1, 2, ...: every depth shares the blocks before it.
 
 The supernet is trained on the proxy set (weights) with NNI's Lightning ``Classification`` evaluator (Adam, no
 augmentation); DARTS-style strategies update their architecture weights on batches of the validation split (per

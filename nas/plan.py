@@ -12,9 +12,9 @@ sequential engine.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -74,7 +74,7 @@ class SearchConfig:
     compile: str = "auto"  # torch.compile each trial's training: auto (where its steps pay the compile), on, off
     progress: bool = True
 
-    def resolve(self) -> "SearchPlan":
+    def resolve(self) -> SearchPlan:
         """Check every field once (no I/O but the files named); raise DMError with a one-line message on bad input.
         Messages name the fields (``batch_size``), which the command shows as its flags."""
         proxy = parse_proxy(self.proxy)
@@ -231,7 +231,7 @@ def make_evaluator(plan: SearchPlan, task: TrainTask,
                    on_repeat: Callable[[TrialRecord, bool], None] | None = None) -> ArchitectureEvaluator:
     """The trial function of a search: trains and records repeats, reports intermediate results, runs the assessor."""
     curves = CurveStore(plan.run.path / "curves.csv") if plan.report_every else None
-    assessor = (TrialAssessor(plan.assessor, plan.epochs // plan.report_every, plan.config.assessor_start)
+    assessor = (TrialAssessor(plan.assessor, task.points(plan.report_every), plan.config.assessor_start)
                 if plan.assessor is not None else None)
     return ArchitectureEvaluator(task, TrialStore(plan.run.results), plan.config.repeats, plan.config.seed,
                                  plan.device, on_repeat=on_repeat, report_every=plan.report_every, curves=curves,

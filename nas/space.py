@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import itertools
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import nni
 import torch
@@ -178,7 +178,7 @@ class ConvNetModelSpace(ModelSpace):
         self.spec = ConvNetSpec(**chosen)
         self.net = build_model(self.spec, channels, num_classes, tuple(image_size))
 
-    def freeze(self, sample: Mapping) -> "ConvNetModelSpace":
+    def freeze(self, sample: Mapping) -> ConvNetModelSpace:
         """The model of one architecture, ``sample`` in either space's format (NNI's "raw" model format calls this;
         "simplified" re-runs __init__)."""
         with model_context(canonical_sample(sample, self._arguments[0])):

@@ -21,8 +21,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from nni.nas import strategy
 from nni.nas.oneshot.pytorch.strategy import OneShotStrategy

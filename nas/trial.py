@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import nni
 import torch
@@ -20,6 +20,7 @@ from torch import nn
 
 from dm_core import ConvNetSpec, TrainConfig, build_model, evaluate_accuracy, reinit_, train_model
 from dm_core.augment import DEFAULT_STRATEGY
+from dm_core.train import RECIPE
 
 from .assessor import FINISHED, STOPPED, Curve, CurveStore, TrialAssessor
 from .results import TrialRecord, TrialStore
@@ -45,14 +46,25 @@ class TrainTask:
         return self.config.schedule(len(self.x))[1]
 
     @property
+    def passes(self) -> int:
+        """Passes over the training images of one training (the reference's epochs 0..E: E + 1)."""
+        per_epoch, total, _ = self.config.schedule(len(self.x))
+        return -(-total // per_epoch)
+
+    def points(self, every: int) -> int:
+        """Intermediate results of one training when one is reported every ``every`` passes and at the last."""
+        return -(-self.passes // every)
+
+    @property
     def budget(self) -> str:
-        """The training recipe, part of a row's key: rows of another recipe never stand in for this one's. fp32 and
-        the six-group DSA strategy (what every earlier row used) add nothing, so those keys stay as they were."""
+        """The training recipe, part of a row's key: rows of another recipe never stand in for this one's. It ends in
+        the trainer's recipe version (``-r2``: the reference's schedule; rows of the earlier recipe have no tag);
+        fp32 and the six-group DSA strategy add nothing."""
         length = f"it{self.config.iterations}" if self.config.iterations is not None else f"e{self.config.epochs}"
         precision = "" if self.config.precision == "fp32" else f"-{self.config.precision}"
         strategy = self.config.strategy
         augment = "" if strategy == DEFAULT_STRATEGY else f"-aug-{strategy}"
-        return f"{length}-b{self.config.batch_size}{precision}{augment}"
+        return f"{length}-b{self.config.batch_size}{precision}{augment}-r{RECIPE}"
 
 
 # Evaluation batch: on a CPU 128 images per forward pass measured 1.5-2x faster than 1024 (cache-sized activations);
@@ -181,8 +193,10 @@ class ArchitectureEvaluator:
     def _monitor(self, spec: ConvNetSpec, curve: list[float], judge: TrialAssessor | None):
         task = self.task
 
+        passes = task.passes
+
         def on_epoch(epoch: int, net: nn.Module) -> None:
-            if epoch % self.report_every:
+            if epoch % self.report_every and epoch != passes:  # every few passes, and the last: the final score
                 return
             curve.append(evaluate_accuracy(net, task.x_val, task.y_val, device=self.device,
                                            precision=task.config.precision))

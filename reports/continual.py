@@ -30,7 +30,6 @@ import numpy as np
 
 from dm_core import DMError, atomic_write_bytes, atomic_write_text
 
-
 METHOD_ORDER = ("dm", "dsa", "herding", "random")
 # the paper's four methods, then DM's successors (docs/successors.md); any other method gets its name and a free colour
 LABELS = {"dm": "DM", "dsa": "DSA", "herding": "Herding", "random": "Random", "m3d": "M3D", "idm": "IDM",

@@ -20,7 +20,6 @@ from collections import Counter
 from pathlib import Path
 
 from dm_core import DMError, atomic_write_bytes, atomic_write_text
-
 from nas.analysis import GROUNDTRUTH_LABEL, TOP_FRACTION, MethodSummary, mean_scores, std_scores, summarize_run
 from nas.results import read_trials
 from nas.rundir import RunDir

@@ -7,8 +7,8 @@ there). ``snapshot`` records a folder's files and their bytes.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 
 def snapshot(*roots: Path) -> dict[Path, bytes]:

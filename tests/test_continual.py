@@ -103,10 +103,10 @@ def test_each_step_builds_from_the_new_classes_only(cl, monkeypatch):
 
 
 def make_strategy(cl, data, plugin, epochs=0):
-    from avalanche.training import Naive
-    from avalanche.training.plugins import EvaluationPlugin
     from avalanche.evaluation.metrics import accuracy_metrics
     from avalanche.logging import TextLogger
+    from avalanche.training import Naive
+    from avalanche.training.plugins import EvaluationPlugin
 
     model = build_model(TINY_NET, data.channels, data.num_classes, data.image_size)
     return Naive(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.01), train_epochs=epochs,
@@ -120,6 +120,7 @@ def test_model_is_reset_to_its_initial_values_before_each_step_and_trained_on_th
     import copy
 
     from avalanche.core import SupervisedPlugin
+
     from dm_core import train_model
 
     class Spy(SupervisedPlugin):

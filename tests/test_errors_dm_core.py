@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from cli_harness import assert_clean_refusal, run_cli, snapshot
+
 from dm_core.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,12 +7,12 @@ Each case builds its inputs in a fresh folder (a hand-written run directory: no 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
-
 from cli_harness import assert_clean_refusal, run_cli, snapshot
+
 from dm_core import SyntheticSet, make_set
 from nas.groundtruth import main as groundtruth_main
 from nas.results import TrialRecord, TrialStore
@@ -184,7 +184,7 @@ CASES = [
     ("report", "old-run-flag", lambda r: ["--run", str(valid_run(r))], "--run was removed: use the run folder as"),
     ("report", "zero-fraction", report(valid_run, "--top-fraction", "0"), "--top-fraction"),
     ("report", "no-results", report(only_run_json), "no search results"),
-    ("report", "empty-results", report(results("")), "is empty"),
+    ("report", "empty-results", report(results("")), "no search results"),  # 0 bytes: a failed write left no row
     ("report", "binary-results", report(results(GARBAGE)), "not a readable nas-trials table"),
     ("report", "truncated-results", report(results(TRUNCATED)), "ends in the middle of a line"),
     ("report", "duplicated-row", report(results(DUPLICATED)), "lines 2 and 3 record the same unit"),

@@ -26,8 +26,11 @@ from nas.search import SearchConfig, run_search
 from nas.search import main as search_main
 from nas.space import NAMED_SPACES, ConvNetModelSpace, parse_space, spec_from_sample
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+DIGITS = "-aug-color_crop_cutout_scale_rotate"  # the digits' strategy (no flip) in a budget
+RECIPE = "-r2"  # the trainer's recipe version in a budget
 
 
 def tiny_search(out, **overrides) -> SearchConfig:
@@ -119,7 +122,8 @@ def test_search_runs_in_process_and_records_every_trial(tmp_path):
     micro = NAMED_SPACES["micro"]
     assert len(records) == len(micro) * 2
     assert {(r.arch, r.repeat) for r in records} == {(s.name, k) for s in micro.specs() for k in (0, 1)}
-    assert all(r.proxy == "random5" and r.budget == "e2-b250" and r.train_images == 50 for r in records)
+    assert all(r.proxy == "random5" and r.budget == "e2-b250" + DIGITS + RECIPE and r.train_images == 50
+               for r in records)
     # every proxy trial records the test accuracy of the proxy-trained model (Table 5 correlates it) and precision
     assert all(0 <= r.val_acc <= 1 and 0 <= r.test_acc <= 1 and r.precision == "fp32" for r in records)
     assert summary.trials == len(micro)
@@ -142,7 +146,7 @@ def test_precision_and_compile_flags_reach_every_trial(tmp_path, monkeypatch, ca
     assert search_main(argv) == 0
     records = read_records(tmp_path / "run" / "results.csv")
     assert len(records) == len(NAMED_SPACES["micro"])
-    assert all(r.precision == "bf16" and r.budget == "e1-b250-bf16" for r in records)
+    assert all(r.precision == "bf16" and r.budget == "e1-b250-bf16" + DIGITS + RECIPE for r in records)
     assert seen == [("bf16", "off")] * len(records)
 
 
@@ -399,22 +403,22 @@ def test_both_commands_end_with_one_json_line_and_augment_reaches_every_training
     assert set(last) == {"proxy", "strategy", "optimize_mode", "repeats", "architectures_ranked", "stopped_early",
                          "best", "best_val_percent", "selected_by", "budget", "augment", "results"}
     assert (last["augment"], last["budget"], last["optimize_mode"], last["stopped_early"]) == \
-        ("none", "e1-b250-aug-none", "maximize", 0)
+        ("none", "e1-b250-aug-none" + RECIPE, "maximize", 0)
     assert last["best"] in {s.name for s in NAMED_SPACES["micro"].specs()} and 0 <= last["best_val_percent"] <= 100
     assert last["results"] == str(out / "results.csv") and seen == ["none"] * 4
     assert search_main(argv) == 0  # the dataset's strategy: trained again, under its own budget
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["budget"] == "e1-b250"
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["budget"] == "e1-b250" + DIGITS + RECIPE
     rows = read_records(out / "results.csv")
-    assert sorted((r.augment, r.budget) for r in rows) == \
-        [("color_crop_cutout_flip_scale_rotate", "e1-b250")] * 4 + [("none", "e1-b250-aug-none")] * 4
-    assert seen[4:] == ["color_crop_cutout_flip_scale_rotate"] * 4
+    assert sorted((r.augment, r.budget) for r in rows) == [("color_crop_cutout_scale_rotate", "e1-b250" + DIGITS + RECIPE)] \
+        * 4 + [("none", "e1-b250-aug-none" + RECIPE)] * 4
+    assert seen[4:] == ["color_crop_cutout_scale_rotate"] * 4
 
     seen.clear()
     assert groundtruth_main(["--out", str(out), "--top-fraction", "0.25", "--train-iterations", "6", "--repeats",
                              "1", "--augment", "crop_flip", "--device", "cpu", "--no-progress"]) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(last) == {"groundtruth", "architectures", "best", "best_test_percent", "budget", "augment", "repeats"}
-    assert (last["budget"], last["augment"], last["repeats"]) == ("it6-b250-aug-crop_flip", "crop_flip", 1)
+    assert (last["budget"], last["augment"], last["repeats"]) == ("it6-b250-aug-crop_flip" + RECIPE, "crop_flip", 1)
     truth = read_records(out / "groundtruth.csv")
     targets = groundtruth_targets(read_records(out / "results.csv"), 0.25)  # the top of each of the two budgets
     assert len(truth) == last["architectures"] == len(seen) == len(targets) and {r.arch for r in truth} == set(targets)

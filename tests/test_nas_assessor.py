@@ -6,7 +6,8 @@ import pytest
 from nas import trial as trial_mod
 from nas.assessor import Curve, CurveStore
 from nas.results import read_records
-from nas.search import SearchConfig, main as search_main, run_search
+from nas.search import SearchConfig, run_search
+from nas.search import main as search_main
 
 SPACE = "depth=1,2;width=32;act=sigmoid,relu;norm=none,instancenorm;pool=avgpool"  # 8 architectures
 
@@ -27,7 +28,8 @@ def test_intermediate_results_do_not_change_training_and_end_at_the_final_score(
     assert sorted((r.arch, r.repeat, r.val_acc) for r in reported) == sorted((r.arch, r.repeat, r.val_acc)
                                                                            for r in plain)
     curves = CurveStore(tmp_path / "curves" / "curves.csv").curves()
-    assert len(curves) == len(reported) == 8 and all(len(c.val_acc) == 2 and c.every == 2 for c in curves)
+    # 4 epochs are the reference's passes 1..5: reported after passes 2 and 4, and after the last
+    assert len(curves) == len(reported) == 8 and all(len(c.val_acc) == 3 and c.every == 2 for c in curves)
     final = {(r.arch, r.repeat): r.val_acc for r in reported}
     assert all(c.val_acc[-1] == final[(c.arch, c.repeat)] for c in curves)  # last point = final validation
     assert not (tmp_path / "plain" / "curves.csv").exists()  # sequential without an assessor reports nothing

@@ -81,14 +81,14 @@ def test_trial_files_of_the_old_format_are_refused_with_one_clear_message(tmp_pa
 
 
 def test_a_bf16_budget_is_its_own_resume_key():
-    from nas.trial import TrainTask
     from dm_core import TrainConfig
+    from nas.trial import TrainTask
 
     x = torch.zeros(4, 1, 8, 8)
     y = torch.zeros(4, dtype=torch.long)
     fp32 = TrainTask("dm10", x, y, TrainConfig(epochs=5, batch_size=250), x, y, 10)
     bf16 = TrainTask("dm10", x, y, TrainConfig(epochs=5, batch_size=250, precision="bf16"), x, y, 10)
-    assert (fp32.budget, bf16.budget) == ("e5-b250", "e5-b250-bf16")
+    assert (fp32.budget, bf16.budget) == ("e5-b250-r2", "e5-b250-bf16-r2")  # r2: the trainer's recipe version
 
 
 # --- issue 9 point 6: the ground truth trains at least one epoch ----------------------------------------------------
@@ -252,7 +252,9 @@ def test_a_results_file_of_the_previous_layout_is_read_and_upgraded_by_the_next_
     as trained with the six-group DSA strategy, a search into the folder reuses them, and its next append rewrites
     the file in the current layout."""
     out = tmp_path / "run"
-    first = run_search(tiny_search(out, space="depth=1;width=32;act=relu;norm=none,instancenorm;pool=avgpool"))
+    six = "color_crop_cutout_flip_scale_rotate"  # what the previous layout's rows were trained with
+    first = run_search(tiny_search(out, space="depth=1;width=32;act=relu;norm=none,instancenorm;pool=avgpool",
+                                   augment=six))
     rows = read_records(first.results)
     old = ("proxy,arch,depth,width,act,norm,pool,repeat,seed,budget,precision,train_images,steps,val_acc_fraction,"
            "test_acc_fraction,seconds\n")
@@ -261,7 +263,7 @@ def test_a_results_file_of_the_previous_layout_is_read_and_upgraded_by_the_next_
                    for r in rows)
     first.results.write_text(old)
     assert read_records(first.results) == rows  # the same records, augment filled in
-    summary = run_search(tiny_search(out))  # micro: the two old architectures and two new ones
+    summary = run_search(tiny_search(out, augment=six))  # micro: the two old architectures and two new ones
     assert summary.trials == 4
     text = summary.results.read_text()
     assert text.startswith("proxy,arch,depth,width,act,norm,pool,repeat,seed,budget,precision,augment,train_images,"

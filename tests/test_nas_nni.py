@@ -23,6 +23,7 @@ from nas.strategies import OPTIMIZE_MODE, parse_strategy
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = NAMED_SPACES["tiny"]  # depth (1, 2), width 32 only, act (sigmoid, relu), 3 norms, 2 pools
+BUDGET = "e1-b250-aug-color_crop_cutout_scale_rotate-r2"  # 1 epoch, the digits' strategy, the recipe's version
 
 
 # --- item 10: one sample format for both spaces ----------------------------------------------------------------------
@@ -33,6 +34,7 @@ TINY = NAMED_SPACES["tiny"]  # depth (1, 2), width 32 only, act (sigmoid, relu),
     {"depth": [1], "act": "relu", "norm": "instancenorm", "pool": "maxpool"},  # width: one value, left out
     {"depth": "2", "width": "32", "act": "relu", "norm": "instancenorm", "pool": "maxpool", "__arch__": True},
 ])
+
 def test_any_sample_format_freezes_into_the_multi_trial_space(sample):
     expected = ConvNetSpec(2, 32, "relu", "instancenorm", "maxpool")
     assert spec_from_sample(sample, TINY) == expected
@@ -113,7 +115,7 @@ def test_a_users_experiment_takes_nas_evaluator_as_it_is(tmp_path, caplog):
 
     rows = read_records(out / "results.csv")  # recorded as nas.search records: reports and reruns read them
     assert len(rows) == 3 * 2 and {r.repeat for r in rows} == {0, 1} and len({r.arch for r in rows}) == 3
-    assert all(r.proxy == "random5" and r.budget == "e1-b250" and r.test_acc is not None for r in rows)
+    assert all(r.proxy == "random5" and r.budget == BUDGET and r.test_acc is not None for r in rows)
     mean = {arch: sum(r.val_acc for r in rows if r.arch == arch) / 2 for arch in {r.arch for r in rows}}
     assert spec_from_sample(top, space.space).name == max(mean, key=mean.get)
     info = json.loads((out / "run.json").read_text())

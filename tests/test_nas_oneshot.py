@@ -8,11 +8,14 @@ import torch
 
 from nas import oneshot as oneshot_mod
 from nas.results import read_records
-from nas.search import SearchConfig, main as search_main, run_search
+from nas.search import SearchConfig, run_search
+from nas.search import main as search_main
 from nas.space import NAMED_SPACES, ConvNetModelSpace
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+BUDGET = "e2-b250-aug-color_crop_cutout_scale_rotate-r2"  # 2 epochs, the digits' strategy, the recipe's version
 
 
 def oneshot(out, strategy, **overrides) -> SearchConfig:
@@ -41,10 +44,10 @@ def test_one_shot_selects_an_architecture_and_scores_it_like_a_trial(tmp_path, m
     assert summary.selected_by == strategy and arch in {s.name for s in NAMED_SPACES["tiny"].specs()}
     rows = read_records(summary.results)
     assert sorted(r.repeat for r in rows) == [0, 1] and {r.arch for r in rows} == {arch}
-    assert all(r.proxy == "random5" and r.budget == "e2-b250" and r.test_acc is not None for r in rows)
+    assert all(r.proxy == "random5" and r.budget == BUDGET and r.test_acc is not None for r in rows)
     assert score == pytest.approx(sum(r.val_acc for r in rows) / 2)
     book = (tmp_path / "run" / "oneshot.csv").read_text().splitlines()
-    assert len(book) == 2 and book[1].startswith(f"{strategy},random5,e2-b250,0,3,{arch},")
+    assert len(book) == 2 and book[1].startswith(f"{strategy},random5,{BUDGET},0,3,{arch},")
 
     # the same command again: the selection and the trained repeats are reused, nothing is trained
     monkeypatch.setattr(oneshot_mod, "_search", lambda *a, **k: pytest.fail("the supernet was trained again"))

@@ -8,7 +8,8 @@ import pytest
 from nni.nas.strategy import Strategy
 
 from nas.results import read_records
-from nas.search import SearchConfig, main as search_main, run_search
+from nas.search import SearchConfig, run_search
+from nas.search import main as search_main
 from nas.space import NAMED_SPACES
 from nas.strategies import parse_strategy
 

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 from dm_core import DMConfig, DMError, TrainConfig, augment, build_model, condense_dm, reinit_, train_model
 from dm_core import compile as dm_compile
-from dm_core.device import make_generator
 from dm_core.augment import groups_generator
+from dm_core.device import make_generator
 from dm_core.dm import dm_loss
 from dm_core.train import evaluate_accuracy
 

@@ -9,8 +9,19 @@ from dm_core.cli import main as dm_main
 from dm_core.device import make_generator
 from dm_core.dm import dm_loss
 from dm_core.methods import check_options
-from dm_core.successors import (ModelQueue, attention_map, channel_moments, datadam_loss, gram, idm_loss,
-                                intra_class_diversity, m3d_loss, mmd2, mosaic, partition_expand)
+from dm_core.successors import (
+    ModelQueue,
+    attention_map,
+    channel_moments,
+    datadam_loss,
+    gram,
+    idm_loss,
+    intra_class_diversity,
+    m3d_loss,
+    mmd2,
+    mosaic,
+    partition_expand,
+)
 from dm_core.successors.ddm import class_style, style_losses
 
 CPU = torch.device("cpu")
