@@ -210,7 +210,7 @@ def prepare_task(plan: SearchPlan, data: SearchData, progress: bool) -> tuple[Tr
     if proxy.is_set:
         made = load_or_make_proxy_set(proxy, train, plan.run.proxies, data.split_seed, cfg.seed,
                                       cfg.condensation_options(), plan.device, progress,
-                                      Path(cfg.proxy_file) if cfg.proxy_file else None)
+                                      Path(cfg.proxy_file) if cfg.proxy_file else None, data.x_val)
         x, y = made.synset.images, made.synset.labels
         config = TrainConfig(epochs=plan.epochs, **recipe)
         cost = {"images": len(y), "make_seconds": made.seconds, "file": str(made.path),

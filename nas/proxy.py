@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,20 +130,62 @@ def proxy_file(cache_dir: Path, dataset: str, proxy: Proxy, split_seed: int, see
     return cache_dir / f"{safe}-{proxy.name}-split{split_seed}-seed{seed}{tags}.pt"
 
 
-def check_proxy_set(synset: SyntheticSet, data: ImageDataset, split_seed: int, path: Path) -> None:
-    """Refuse a set made for another dataset, split or image shape (one line, before any training)."""
+def check_proxy_set(synset: SyntheticSet, data: ImageDataset, split_seed: int, path: Path,
+                    x_val: torch.Tensor | None = None) -> None:
+    """Refuse a set made for another dataset, split or image shape (one line, before any training), and one that may
+    hold the search's validation images: it must have been made from the search's training part (its provenance's
+    ``train_split``). A set that does not record its split is checked against the validation images themselves
+    (``x_val``): none of its images may be one of them."""
     made_for = synset.meta.get("dataset")
     if made_for is not None and made_for != data.name:
         raise DMError(f"proxy file {path} was made for dataset {made_for!r}, not {data.name!r}: "
                       f"delete it, or choose another out folder or proxy_file")
-    split = synset.meta.get("nas_split_seed")
-    if split is not None and int(split) != split_seed:
-        raise DMError(f"proxy file {path} was made from the training split of split_seed {split}, not {split_seed}")
+    wanted = data.split or {}
+    seen = synset.meta.get("train_split")
+    legacy = synset.meta.get("nas_split_seed")  # sets the search cached before ``train_split`` was recorded
+    if isinstance(seen, dict):
+        same = (seen.get("part") == "train" and seen.get("split_seed") == wanted.get("split_seed")
+                and abs(float(seen.get("val_fraction", -1)) - float(wanted.get("val_fraction", -2))) < 1e-9)
+        if not same:
+            raise DMError(f"proxy file {path} was made from the training part of another split ({_split(seen)}), "
+                          f"not this search's ({_split(wanted)}): {_remake(synset, data, wanted, path)}")
+    elif seen == "all":
+        raise DMError(f"proxy file {path} was made from every training image of {data.name}, so it may hold the "
+                      f"search's validation images: {_remake(synset, data, wanted, path)}")
+    elif legacy is not None:
+        if int(legacy) != split_seed:
+            raise DMError(f"proxy file {path} was made from the training split of split_seed {legacy}, not "
+                          f"{split_seed}")
+    elif x_val is not None and _holds_any(synset.images, x_val):
+        raise DMError(f"proxy file {path} holds images of the search's validation split: "
+                      f"{_remake(synset, data, wanted, path)}")
     if tuple(synset.images.shape[1:]) != (data.channels, *data.image_size):
         raise DMError(f"proxy file {path} holds {tuple(synset.images.shape[1:])} images, but {data.name} images are "
                       f"{(data.channels, *data.image_size)}")
     if len(synset) == 0 or int(synset.labels.max()) >= data.num_classes or int(synset.labels.min()) < 0:
         raise DMError(f"proxy file {path} has labels outside the {data.num_classes} classes of {data.name}")
+
+
+def _split(split: dict) -> str:
+    return f"val_fraction {split.get('val_fraction')}, split_seed {split.get('split_seed')}"
+
+
+def _remake(synset: SyntheticSet, data: ImageDataset, split: dict, path: Path) -> str:
+    """How to make a valid proxy file: the same method and size, from the search's training part."""
+    method, ipc = synset.meta.get("method", "METHOD"), synset.meta.get("ipc", "IPC")
+    return (f"make it from the search's training part, e.g. python -m dm_core condense --dataset {data.name} "
+            f"--method {method} --ipc {ipc} --val-fraction {split.get('val_fraction')} --split-seed "
+            f"{split.get('split_seed')} --out {path.with_name(path.stem + '-train' + path.suffix)}")
+
+
+def _holds_any(images: torch.Tensor, x_val: torch.Tensor) -> bool:
+    """Whether any of ``images`` equals one of ``x_val`` exactly (compared by a per-image sum first)."""
+    sums = x_val.flatten(1).sum(1)
+    for image in images:
+        close = (sums - image.sum()).abs() < 1e-4
+        if close.any() and (x_val[close] == image).flatten(1).all(1).any():
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -157,7 +198,7 @@ class ProxySet:
 
 def load_or_make_proxy_set(proxy: Proxy, train: ImageDataset, cache_dir: Path, split_seed: int, seed: int,
                            options: dict, device: torch.device | str, progress: bool = True,
-                           given_file: Path | None = None) -> ProxySet:
+                           given_file: Path | None = None, x_val: torch.Tensor | None = None) -> ProxySet:
     """The proxy set of a set-method proxy: the given file, else the cached file, else made now and cached.
 
     ``options`` go to ``make_set`` (condensation ``iterations``, ``batch_real``); random selection takes none.
@@ -169,7 +210,7 @@ def load_or_make_proxy_set(proxy: Proxy, train: ImageDataset, cache_dir: Path, s
         options = {k: v for k, v in options.items() if get_method(proxy.kind).supports(k)}
     if given_file is not None:
         synset = load_proxy_file(proxy, given_file)
-        check_proxy_set(synset, train, split_seed, given_file)
+        check_proxy_set(synset, train, split_seed, given_file, x_val)
         return ProxySet(synset, given_file, float(synset.meta.get("nas_make_seconds", 0.0)), True)
     if proxy.kind == CUSTOM:
         raise DMError(f"proxy {proxy.name} names a set of your own: give its file as proxy_file")
@@ -180,10 +221,9 @@ def load_or_make_proxy_set(proxy: Proxy, train: ImageDataset, cache_dir: Path, s
         check_provenance(proxy, synset, path)
         return ProxySet(synset, path, float(synset.meta.get("nas_make_seconds", 0.0)), True)
     checkpoint = path.with_name(path.stem + ".ckpt") if get_method(proxy.kind).learns else None
-    start = time.perf_counter()
     synset = make_set(proxy.kind, train, proxy.ipc, seed=seed, device=device, progress=progress,
                       checkpoint=checkpoint, resume=checkpoint is not None, **options)
-    seconds = time.perf_counter() - start
+    seconds = float(synset.meta["seconds"])  # every segment of a resumed condensation, not this call's alone
     meta = {**synset.meta, "dataset": train.name, "nas_split_seed": split_seed, "nas_make_seconds": seconds}
     synset = SyntheticSet(synset.images.detach().cpu(), synset.labels.cpu(), meta)
     synset.save(path)

@@ -270,3 +270,54 @@ def test_a_results_file_of_the_previous_layout_is_read_and_upgraded_by_the_next_
                            "train_iterations,val_acc_fraction,test_acc_fraction,seconds\n")
     again = {r.key: r for r in read_records(summary.results)}
     assert len(again) == 4 and all(again[r.key] == r for r in rows)
+
+
+# --- issue 20 point 7: a proxy file may not hold (or have seen) the search's validation images -----------------------
+
+def test_a_proxy_file_that_could_have_seen_validation_images_is_refused_with_the_command_that_makes_a_valid_one(
+        tmp_path, capsys):
+    """The issue's example: a random 5-per-class file made from the whole training split (so some of its 50 images
+    are validation images of the search) was accepted. Now it is refused in one line that gives the command making
+    a valid file; that command's file is accepted."""
+    import shlex
+
+    from dm_core.cli import main as dm_main
+
+    whole = tmp_path / "random5.pt"
+    assert dm_main(["condense", "--dataset", "digits", "--method", "random", "--ipc", "5", "--out", str(whole),
+                    "--no-progress"]) == 0
+    search = ["--dataset", "digits", "--proxy", "random5", "--space", "micro", "--epochs", "1", "--repeats", "1",
+              "--device", "cpu", "--no-progress", "--out", str(tmp_path / "run")]
+    capsys.readouterr()
+    assert search_main([*search, "--proxy-file", str(whole)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "may hold the search's validation images" in err[0], err
+    command = shlex.split(err[0].split("e.g. ", 1)[1])
+    assert command[:3] == ["python", "-m", "dm_core"] and "--val-fraction" in command and "--split-seed" in command
+    assert dm_main(command[3:] + ["--no-progress"]) == 0  # the command as given, run
+    made = Path(command[command.index("--out") + 1])
+    capsys.readouterr()
+    assert search_main([*search, "--proxy-file", str(made)]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["architectures_ranked"] == 4
+    other = tmp_path / "other-split.pt"
+    assert dm_main(["condense", "--dataset", "digits", "--method", "random", "--ipc", "5", "--val-fraction", "0.1",
+                    "--split-seed", "1", "--out", str(other), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert search_main([*search, "--proxy-file", str(other)]) == 2
+    assert "another split (--val-fraction 0.1, --split-seed 1)" in capsys.readouterr().err
+
+
+def test_a_set_without_provenance_is_checked_against_the_validation_images(tmp_path, capsys):
+    from nas.data import load_search_data
+
+    data = load_search_data("digits", None, 0.1, 0)
+    five = make_set("random", data.train, 5, seed=0)
+    clean = SyntheticSet(five.images, five.labels, {"dataset": "digits"}).save(tmp_path / "clean.pt")
+    leaked = five.images.clone()
+    leaked[0] = data.x_val[data.y_val == int(five.labels[0])][0]  # one validation image of the right class
+    dirty = SyntheticSet(leaked, five.labels, {"dataset": "digits"}).save(tmp_path / "dirty.pt")
+    search = ["--dataset", "digits", "--proxy", "custom:mine", "--space", "micro", "--epochs", "1", "--repeats", "1",
+              "--device", "cpu", "--no-progress", "--out", str(tmp_path / "run")]
+    assert search_main([*search, "--proxy-file", str(dirty)]) == 2
+    assert "holds images of the search's validation split" in capsys.readouterr().err
+    assert search_main([*search, "--proxy-file", str(clean)]) == 0
