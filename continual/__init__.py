@@ -22,7 +22,7 @@ _WHERE = {
     "SCOPE": "builder", "MemoryBuilder": "builder", "step_seed": "builder", "CondensedMemory": "memory",
     "as_avalanche": "memory", "GDumbMemoryPlugin": "plugin", "restore_": "plugin", "COLUMNS": "results",
     "ResultsTable": "results", "read_results": "results", "save_checkpoint": "checkpoint",
-    "load_checkpoint": "checkpoint", "check_device": "device", "ResidentBatches": "plugin",
+    "load_checkpoint": "checkpoint", "ResidentBatches": "plugin",
 }
 _MODULES = ("benchmark", "builder", "checkpoint", "config", "device", "experiment", "memory", "plugin", "results",
             "run")

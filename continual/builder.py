@@ -31,10 +31,9 @@ from pathlib import Path
 import torch
 
 from dm_core import DMError, ImageDataset, SyntheticSet, make_set
+from dm_core import resolve_device as check_device  # one device rule, dm_core's
 from dm_core.engine import discard_checkpoint
 from dm_core.registry import get_method, list_methods
-
-from .device import check_device
 
 
 def methods() -> tuple[str, ...]:

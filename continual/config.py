@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,15 +10,15 @@ from pathlib import Path
 import torch
 
 from dm_core import DMError, ImageDataset, SyntheticSet, atomic_write_text, build_model, load_dataset
+from dm_core import resolve_device as check_device  # one device rule, dm_core's
 from dm_core.augment import DEFAULT_STRATEGY, default_strategy, parse_strategy
 from dm_core.compile import check_compile
-from dm_core.io import file_lock
+from dm_core.io import check_folder, file_lock
 from dm_core.precision import PRECISIONS
 from dm_core.registry import get_method, list_methods
 from dm_core.train import RECIPE
 
 from .builder import check_options
-from .device import check_device
 from .results import read_results
 
 CONFIG_FILE = "config.json"
@@ -130,13 +129,10 @@ def _check_fields(config: ContinualConfig) -> None:
 
 
 def _check_out(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise DMError(f"the run folder {out} is a file: give a folder")
-    existing = out
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise DMError(f"cannot write the run directory {out}: {existing} is not a writable folder")
+    check_folder(out, "run folder")
+    for inner in (out / "memory", out / "logs"):  # written later: a read-only one would fail after the first step
+        if inner.exists():
+            check_folder(inner, "run folder")
 
 
 def _check_run_dir(config: ContinualConfig) -> None:

@@ -28,10 +28,11 @@ import torch
 from tqdm.auto import tqdm
 
 from dm_core import ImageDataset, TrainConfig, build_model, make_generator, reinit_
+from dm_core import resolve_device as check_device  # one device rule, dm_core's
+from dm_core.io import work_key, work_lock
 
 from .benchmark import class_order, make_benchmark
 from .config import ContinualConfig, prepare, store_settings
-from .device import check_device
 from .memory import CondensedMemory
 from .plugin import GDumbMemoryPlugin
 from .results import ResultsTable
@@ -107,6 +108,14 @@ def run_continual(config: ContinualConfig, data: ImageDataset | None = None) -> 
     if data is None:
         data = prepare(config)
     out = Path(config.out)
+    # an identical command into the same folder (same methods, seeds, repeats, protocol) waits for nothing: it is
+    # refused at once, naming this one; other commands into the folder (other methods or seeds) run beside it
+    settings = {k: v for k, v in config.to_json().items() if k not in ("progress", "threads", "loggers", "device")}
+    with work_lock(out / f".lock-{work_key(settings)}", f"this run of {out}"):
+        return _run(config, data, out)
+
+
+def _run(config: ContinualConfig, data: ImageDataset, out: Path) -> Path:
     store_settings(config)
     device = check_device(config.device)
     table = ResultsTable(out / "results.csv")

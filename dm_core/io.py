@@ -96,6 +96,35 @@ def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
     return path
 
 
+def check_folder(path: str | os.PathLike, what: str = "run folder") -> Path:
+    """Refuse, before any work, a folder (existing or to be made) that cannot be written: a file in its place, or a
+    place where no file can be created (read-only, immutable, full). Probes with a temp file it removes at once, in
+    the folder or, when it does not exist yet, in its nearest existing parent (which it leaves as it was)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise DMError(f"the {what} {path} is a file: give a folder")
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DMError(f"cannot make the {what} {path}: {existing} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".probe.", dir=existing)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise DMError(f"cannot write the {what} {path}: {existing} is not writable ({exc.strerror})") from None
+    return path
+
+
+def work_key(settings: dict) -> str:
+    """A short digest of the settings that decide a command's work (the name of its ``work_lock``)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 @contextmanager
 def file_lock(lock_path: str | os.PathLike):
     """An exclusive ``flock`` on ``lock_path`` (created, with its folder, if needed) for the duration of the block:
@@ -145,12 +174,15 @@ def work_lock(lock_path: str | os.PathLike, what: str):
         if same:
             break
         handle.close()
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"process {os.getpid()} (started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
-                 f"{' '.join(sys.argv)[:200]})")
-    handle.flush()
     try:
+        try:  # who holds it, for the message of a second process (best effort: a full disk must not stop the work)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"process {os.getpid()} (started {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                         f"{' '.join(sys.argv)[:200]})")
+            handle.flush()
+        except OSError:
+            pass
         yield
     finally:
         lock_path.unlink(missing_ok=True)

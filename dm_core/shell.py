@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import errno
 import json
 import re
 import sys
@@ -24,6 +25,13 @@ from .signals import Terminated, sigterm_as_interrupt
 from .validate import SEED_LIMIT
 
 BAD_INPUT, INTERRUPTED, TERMINATED = 2, 130, 143
+WRITE_FAULTS = {  # errno -> what to do
+    errno.ENOSPC: "free some space, then rerun the same command (finished work is kept)",
+    errno.EDQUOT: "free some of your quota, then rerun the same command (finished work is kept)",
+    errno.EROFS: "the file system is read-only: choose another --out",
+    errno.EACCES: "make it writable or choose another --out",
+    errno.EPERM: "make it writable or choose another --out",
+}
 
 # Flags of earlier versions: old spelling -> what to write now. Each command passes those it once had.
 RENAMED = {
@@ -169,6 +177,13 @@ def run_command(p: argparse.ArgumentParser, body: Callable[[argparse.Namespace],
             status = TERMINATED if isinstance(exc, Terminated) else INTERRUPTED
             fresh = "\n" if getattr(args, "progress", False) else ""  # a progress bar leaves the cursor on its line
             message = f"{fresh}{words}: {kept(args, exc)}"
+        except OSError as exc:
+            if exc.errno not in WRITE_FAULTS:
+                raise
+            # a write the command could not check beforehand (the disk filled up meanwhile, a folder became
+            # read-only): one line, and every finished unit of work is kept
+            where = f" {exc.filename}" if exc.filename else ""
+            status, message = BAD_INPUT, f"error: cannot write{where} ({exc.strerror}): {WRITE_FAULTS[exc.errno]}"
         except Exception as exc:
             w = world()
             if not w.sharded:

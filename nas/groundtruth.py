@@ -12,7 +12,7 @@ import argparse
 import logging
 import math
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from dm_core import ConvNetSpec, DMError, TrainConfig, resolve_device, shell
 from dm_core.augment import parse_strategy as check_augment
 from dm_core.compile import check_compile
+from dm_core.io import check_folder, work_key, work_lock
 from dm_core.precision import PRECISIONS, check_precision
 from dm_core.validate import check_seed
 
@@ -91,6 +92,13 @@ def _run(config: GroundTruthConfig) -> tuple[dict[str, float], TrainTask]:
     config.validate()
     device = resolve_device(config.device)
     run = RunDir(Path(config.out))
+    check_folder(run.path)
+    settings = {k: v for k, v in asdict(config).items() if k not in ("progress", "device")}
+    with work_lock(run.path / f".lock-{work_key(settings)}", f"this ground truth of {run.path}"):
+        return _train(config, device, run)
+
+
+def _train(config: GroundTruthConfig, device, run: RunDir) -> tuple[dict[str, float], TrainTask]:
     info = run.info()
     if not info:
         raise DMError(f"{run.path} is not a NAS run directory (no run.json): run python -m nas.search first")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from nni.nas.evaluator import FunctionalEvaluator
@@ -17,6 +17,7 @@ from nni.nas.space import ExecutableModelSpace, SimplifiedModelSpace
 from tqdm.auto import tqdm
 
 from dm_core import shell
+from dm_core.io import check_folder, work_key, work_lock
 from dm_core.precision import PRECISIONS
 
 from .analysis import mean_scores, rank
@@ -30,8 +31,19 @@ from .trial import repeat_seed
 
 
 def run_search(config: SearchConfig) -> SearchSummary:
-    """Make or load the proxy, let an NNI strategy explore the space, record every repeat; return the ranking."""
+    """Make or load the proxy, let an NNI strategy explore the space, record every repeat; return the ranking.
+
+    An identical search into the same run folder is refused at once, naming this one; other searches (another proxy,
+    seed or space) run beside it and share the folder's tables."""
     plan = config.resolve()
+    check_folder(plan.run.path)
+    ignored = ("progress", "device", "port", "concurrency", "execution", "training_service")
+    settings = {k: v for k, v in asdict(config).items() if k not in ignored}
+    with work_lock(plan.run.path / f".lock-{work_key(settings)}", f"this search of {plan.run.path}"):
+        return _search(plan, config)
+
+
+def _search(plan: SearchPlan, config: SearchConfig) -> SearchSummary:
     data, task = start_task(plan)
     if plan.strategy.one_shot:
         return run_oneshot(plan, data, task)
