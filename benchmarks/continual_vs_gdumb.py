@@ -2,7 +2,7 @@
 
     python benchmarks/continual_vs_gdumb.py --data-root /work/shared/data --out runs/continual_vs_gdumb
 
-MNIST, 5 steps of 2 classes, 20 images per class, ConvNet, class orders of seeds 0 and 1 (PROTOCOL.md section 6), the
+MNIST, 5 steps of 2 classes, 20 images per class, ConvNet, class orders of seeds 0 and 1 (docs/method.md section 6), the
 same network and initial weights (seeded as continual.run's training run 0), the same training images (a fixed
 subset of ``--max-train-per-class`` per class), the same number of epochs and SGD settings (lr 0.01, momentum 0.9,
 weight decay 5e-4, batch 256, lr x0.1 at half the epochs) and the same Avalanche evaluation (test images of every

@@ -1,6 +1,6 @@
 """The MNIST table (random / herding / DSA / DM at 1 and 10 images per class), made with the CLI, at a stated budget.
 
-    python benchmarks/mnist_table.py --data-root ../shared/data --out runs/mnist_table --device cpu
+    python benchmarks/mnist_table.py --data-root DATA --out runs/mnist_table --device cpu
 
 Every cell is two CLI calls, ``python -m dm_core condense ...`` then ``python -m dm_core evaluate ...``; their JSON
 lines are kept in OUT/results.jsonl (a finished cell is not redone when the script is run again) and the Markdown

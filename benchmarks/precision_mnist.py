@@ -1,6 +1,6 @@
 """Does bf16 training give the accuracy of fp32? DM sets of the MNIST table cells, each evaluated in both precisions.
 
-    python benchmarks/precision_mnist.py --data-root ../shared/data --out runs/precision_mnist --device cpu
+    python benchmarks/precision_mnist.py --data-root DATA --out runs/precision_mnist --device cpu
 
 For 1 and 10 images per class: one DM set (``python -m dm_core condense --method dm``, fp32, a reduced budget), then
 ``python -m dm_core evaluate`` of that set with ``--precision fp32`` and with ``--precision bf16``. Both evaluations

@@ -1,7 +1,7 @@
 """DM and its successors (M3D, IDM, DataDAM, decomposed DM) at equal budgets: the table of docs/successors.md.
 
     python benchmarks/successors_table.py --dataset digits --out runs/successors_digits
-    python benchmarks/successors_table.py --dataset mnist --data-root ../shared/data --out runs/successors_mnist
+    python benchmarks/successors_table.py --dataset mnist --data-root DATA --out runs/successors_mnist
 
 Every method condenses with the same network, iteration count, real batch per class and seed, and every set is
 evaluated the same way (the same network trained from scratch ``--repeats`` times, ``--epochs`` epochs, on the whole

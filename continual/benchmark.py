@@ -1,6 +1,6 @@
 """Class-incremental benchmark over a dm_core ImageDataset, built with Avalanche's own builder.
 
-The class order of seed ``s`` is PROTOCOL.md section 6's: ``np.random.seed(s); np.random.permutation(num_classes)``,
+The class order of seed ``s`` is docs/method.md section 6's: ``np.random.seed(s); np.random.permutation(num_classes)``,
 split evenly into the steps. Labels are kept as they are (no remapping), so a network with a ``num_classes``-way head
 is trained on original labels, as in the paper. The experiences carry task labels (all 0) as those of Avalanche's
 Split* benchmarks do: a sample is ``(x, y, t)``.

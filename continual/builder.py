@@ -47,7 +47,7 @@ def paper_methods() -> tuple[str, ...]:
 
 
 def scope(method: str) -> str:
-    """What a method is given at a step (PROTOCOL.md section 6). Per-class methods treat each class on its own (DM's
+    """What a method is given at a step (docs/method.md section 6). Per-class methods treat each class on its own (DM's
     loss is a sum of independent per-class terms on a BN-free ConvNet, so condensing the new classes in one call is
     the per-class objective, just batched); the others train a network on the step's data together."""
     return "per class" if get_method(method).per_class else "new classes of the step"

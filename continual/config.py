@@ -35,7 +35,7 @@ RENAMED_FIELDS = {"runs": "repeats"}
 
 @dataclass(frozen=True)
 class ContinualConfig:
-    """PROTOCOL.md section 6 by default: CIFAR-100, 20 images per class, orders 0-4, 3 repeats, 1000 epochs.
+    """docs/method.md section 6 by default: CIFAR-100, 20 images per class, orders 0-4, 3 repeats, 1000 epochs.
 
     ``repeats`` trainings from scratch per class order. ``iterations`` (methods that learn images) and
     ``method_options`` ({method: {option: value}}) go to the memory builders; None keeps each method's default.

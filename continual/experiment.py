@@ -1,4 +1,4 @@
-"""The whole protocol of PROTOCOL.md section 6 as one function: ``run_continual(config)``.
+"""The whole protocol of docs/method.md section 6 as one function: ``run_continual(config)``.
 
 For every memory method and class order (seed), the Avalanche benchmark is replayed step by step. At each step the
 memory takes the new classes in (built once per (method, seed, step) and kept as a synthetic-set file), the network

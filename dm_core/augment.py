@@ -1,6 +1,6 @@
 """Differentiable Siamese augmentation (DSA), vectorised over samples and over parameter draws.
 
-PROTOCOL.md section 3: each draw picks ONE of the groups color / crop / cutout / flip / scale / rotate uniformly at
+docs/method.md section 3: each draw picks ONE of the groups color / crop / cutout / flip / scale / rotate uniformly at
 random and applies it. Two ways of drawing, as in the reference code:
 
 - Siamese mode (condensation): one draw (group and parameters) per class, shared by that class's real and synthetic
@@ -36,7 +36,7 @@ def default_strategy(dataset: str) -> str:
     six groups."""
     return DIGITS_STRATEGY if dataset in DIGIT_DATASETS else DEFAULT_STRATEGY
 
-# Parameters of the paper's augmentation (PROTOCOL.md section 3).
+# Parameters of the paper's augmentation (docs/method.md section 3).
 BRIGHTNESS = 1.0
 CROP_FRACTION = 0.125
 CUTOUT_FRACTION = 0.5

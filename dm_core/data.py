@@ -1,7 +1,7 @@
 """Datasets as normalised tensors, and a class-indexed image store on the compute device.
 
 ``load_dataset(name)`` returns every split as one float tensor (N, C, H, W), normalised with the dataset's statistics
-(PROTOCOL.md section 4). Small-set training and condensation keep such tensors resident on the device, so no
+(docs/method.md section 4). Small-set training and condensation keep such tensors resident on the device, so no
 DataLoader runs in a hot loop.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from .errors import DMError
 
 DATA_ROOT_ENV = "DM_DATA_ROOT"
 
-# (mean, std) per channel, PROTOCOL.md section 4.
+# (mean, std) per channel, docs/method.md section 4.
 STATS = {
     "mnist": ((0.1307,), (0.3081,)),
     "fashionmnist": ((0.2861,), (0.3530,)),

@@ -25,7 +25,7 @@ POOLS = ("none", "maxpool", "avgpool")
 
 
 def make_norm(norm: str, channels: int, height: int, width: int) -> nn.Module:
-    """PROTOCOL.md section 2: instance norm is GroupNorm with one group per channel; layer norm spans [C, H, W]."""
+    """docs/method.md section 2: instance norm is GroupNorm with one group per channel; layer norm spans [C, H, W]."""
     if norm == "none":
         return nn.Identity()
     if norm == "batchnorm":

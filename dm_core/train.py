@@ -1,4 +1,4 @@
-"""Training from scratch on a (small) set and testing on the real test set, PROTOCOL.md section 4.
+"""Training from scratch on a (small) set and testing on the real test set, docs/method.md section 4.
 
 The airbench way: the whole set sits on the device, each epoch is one ``randperm`` and slices of it, augmentation
 is one batched DSA call per batch, and the loop never reads a number back to the host.

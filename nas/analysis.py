@@ -1,7 +1,7 @@
 """From trial records to the paper's Table 5 numbers: rankings, top-5% Spearman, selected architecture, costs.
 
 Pure functions over trial rows: a frame of the ``nas.results.TRIALS`` table (``read_trials``, ``TrialStore.frame``)
-or a list of ``TrialRecord``; nothing here trains. As in the paper (PROTOCOL.md section 7), a method RANKS
+or a list of ``TrialRecord``; nothing here trains. As in the paper (docs/method.md section 7), a method RANKS
 architectures by the validation accuracy of the models trained on its proxy, and the correlation is taken, over its
 top 5%, between TEST accuracies: of those models trained on the proxy and of the same architectures trained on the
 whole training split. Accuracies are fractions.

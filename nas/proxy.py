@@ -1,4 +1,4 @@
-"""Proxies: what each architecture is trained on during the search (PROTOCOL.md section 7).
+"""Proxies: what each architecture is trained on during the search (docs/method.md section 7).
 
 ``random50``, ``dsa50``, ``dm50`` (any method and size: ``dm10``, ``herding20``...) train on a small set made by
 dm_core's ``make_set`` from the training split only; ``early`` trains on the whole training split for as many SGD steps

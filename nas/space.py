@@ -1,4 +1,4 @@
-"""The 720-ConvNet search space (PROTOCOL.md section 7), as a plain enumeration and as an NNI model space.
+"""The 720-ConvNet search space (docs/method.md section 7), as a plain enumeration and as an NNI model space.
 
 A ``SearchSpace`` is a product of per-field choices; the full space is depth {1,2,3,4} x width {32,64,128,256} x
 activation {sigmoid, relu, leakyrelu} x norm {none, batchnorm, layernorm, instancenorm, groupnorm} x pooling

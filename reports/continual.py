@@ -7,7 +7,7 @@ results schema (``continual.results.SCHEMA``; files of earlier versions included
 file or in two, is refused with one error line naming both places. For every (dataset, steps) found it draws test
 accuracy against the number of classes seen, one curve per memory method, the mean over class orders x repeats
 (trainings from scratch) with a +-1 std band, and -- for CIFAR-100, the paper's setting -- the paper's
-final accuracies as markers (PROTOCOL.md section 6). 5 steps -> figure6.{png,pdf}, 10 steps -> figure7.{png,pdf}.
+final accuracies as markers (docs/method.md section 6). 5 steps -> figure6.{png,pdf}, 10 steps -> figure7.{png,pdf}.
 Beside each figure, FIGURE_matrix.{png,pdf} shows every method's accuracy matrix (row t: after step t; column e:
 accuracy on the test images of experience e), with its average forgetting in the title. It also writes
 final_accuracy.md / final_accuracy.csv (final accuracy and average forgetting per method) and accuracy_matrix.md.

@@ -26,7 +26,7 @@ from nas.rundir import RunDir
 
 from .cli import main as reports_main
 
-# DM paper, Table 5 (CIFAR-10, 720 ConvNets, top 5%, one V100): PROTOCOL.md section 7.
+# DM paper, Table 5 (CIFAR-10, 720 ConvNets, top 5%, one V100): docs/method.md section 7.
 PAPER_TABLE5 = {
     "Random": {"performance": 84.0, "correlation": -0.04, "minutes": 142.6, "storage": "500"},
     "DSA": {"performance": 82.6, "correlation": 0.68, "minutes": 142.6, "storage": "500"},

@@ -1,4 +1,4 @@
-"""Where a reported number comes from, dm_core computes what the reference computes (PROTOCOL.md sections 1, 3, 5).
+"""Where a reported number comes from, dm_core computes what the reference computes (docs/method.md sections 1, 3, 5).
 
 BatchNorm DM uses whole-batch statistics whatever the chunking; DSA's inner loop trains epochs over the synthetic set;
 training-time augmentation draws one op group per mini-batch with per-sample parameters; fp32 is the default
