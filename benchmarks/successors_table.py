@@ -43,13 +43,13 @@ def parse_method(text: str) -> tuple[str, dict]:
 
 def cell(args, data, spec: str, ipc: int) -> dict:
     method, extra = parse_method(spec)
-    synset = make_set(method, data, ipc, seed=args.seed, device=args.device, progress=False, model=args.model,
-                      iterations=args.iterations, batch_real=args.batch_real, **extra)
+    options = {"model": args.model, "iterations": args.iterations, "batch_real": args.batch_real, **extra}
+    synset = make_set(method, data, ipc, seed=args.seed, device=args.device, progress=False, **options)
     evaluation = evaluate_set(synset, data, args.model, args.repeats, TrainConfig(epochs=args.epochs), args.seed,
                               args.device, progress=False)
     return {"dataset": data.name, "method": spec, "ipc": ipc,
             "images_per_class": len(synset) // data.num_classes,
-            "model": args.model, "iterations": args.iterations, "batch_real": args.batch_real,
+            "model": options["model"], "iterations": args.iterations, "batch_real": args.batch_real,
             "epochs": args.epochs, "repeats": args.repeats, "threads": args.threads,
             "condense_seconds": synset.meta["seconds"],
             "ms_per_iteration": round(1000 * synset.meta["seconds"] / max(args.iterations, 1), 1),
@@ -63,8 +63,8 @@ def timing(args, data, spec: str, ipc: int) -> dict:
     """CPU time per iteration of ``spec``'s condensation (this process only), over ``--timing-iterations``."""
     method, extra = parse_method(spec)
     started, cpu = time.perf_counter(), time.process_time()
-    make_set(method, data, ipc, seed=args.seed, device=args.device, progress=False, model=args.model,
-             iterations=args.timing_iterations, batch_real=args.batch_real, **extra)
+    options = {"model": args.model, "iterations": args.timing_iterations, "batch_real": args.batch_real, **extra}
+    make_set(method, data, ipc, seed=args.seed, device=args.device, progress=False, **options)
     n = args.timing_iterations
     return {"method": spec, "ipc": ipc, "timing_iterations": n, "threads": args.threads,
             "cpu_ms_per_iteration": round(1000 * (time.process_time() - cpu) / n, 1),
