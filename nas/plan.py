@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from dm_core import DMError, TrainConfig, get_method, resolve_device
+from dm_core import DMError, TrainConfig, get_method, list_methods, resolve_device
 from dm_core.augment import parse_strategy as check_augment
 from dm_core.compile import check_compile
 from dm_core.precision import check_precision
@@ -26,7 +26,7 @@ from dm_core.validate import check_seed
 
 from .assessor import CurveStore, TrialAssessor, parse_assessor
 from .data import SearchData, load_search_data
-from .proxy import SET_METHODS, Proxy, load_or_make_proxy_set, load_proxy_file, parse_proxy
+from .proxy import Proxy, load_or_make_proxy_set, load_proxy_file, parse_proxy
 from .results import TrialRecord, TrialStore
 from .rundir import RunDir
 from .space import SearchSpace, parse_space
@@ -112,7 +112,7 @@ class SearchConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise DMError(f"{name} must be at least 1, got {value}")
-        if proxy.kind in SET_METHODS:  # the condensation's own checks, before any data is loaded
+        if proxy.kind in list_methods():  # the condensation's own checks, before any data is loaded
             method = get_method(proxy.kind)
             method.configure(proxy.ipc, self.seed, **{k: v for k, v in self.condensation_options().items()
                                                       if method.supports(k)})

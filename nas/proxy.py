@@ -25,7 +25,6 @@ import torch
 from dm_core import DMError, ImageDataset, SyntheticSet, get_method, list_methods, make_set
 from dm_core.engine import discard_checkpoint
 
-SET_METHODS = tuple(list_methods())  # random, herding, dm, dsa and DM's successors (m3d, idm, datadam, ddm)
 REFERENCE_IPC = 50  # the paper's proxy size, which sets the step count of ``early``
 PROXY_EPOCHS = 200
 WHOLE_EPOCHS = 100
@@ -55,7 +54,7 @@ class Proxy:
 
     @property
     def is_set(self) -> bool:
-        return self.kind in SET_METHODS or self.kind == CUSTOM
+        return self.kind in list_methods() or self.kind == CUSTOM
 
     def default_epochs(self) -> int:
         return WHOLE_EPOCHS if self.kind == "whole" else PROXY_EPOCHS
@@ -78,10 +77,10 @@ def parse_proxy(text: str) -> Proxy:
     if key == "early":
         return Proxy("early", REFERENCE_IPC)
     match = re.fullmatch(r"([a-z][a-z0-9]*?)(\d+)", key)  # a method name may hold digits: m3d50
-    if match and match.group(1) in (*SET_METHODS, "early") and int(match.group(2)) > 0:
+    if match and match.group(1) in (*list_methods(), "early") and int(match.group(2)) > 0:
         return Proxy(match.group(1), int(match.group(2)))
     raise DMError(f"unknown proxy {text!r}: use whole, early[IPC], a set method with its images per class "
-                  f"({', '.join(m + '50' for m in SET_METHODS)}, dm10, ...), or custom:NAME with its proxy_file")
+                  f"({', '.join(m + '50' for m in list_methods())}, dm10, ...), or custom:NAME with its proxy_file")
 
 
 def load_proxy_file(proxy: Proxy, path: str | Path | None) -> SyntheticSet | None:
@@ -109,8 +108,8 @@ def check_provenance(proxy: Proxy, synset: SyntheticSet, path: Path) -> None:
     if proxy.kind == CUSTOM:
         return
     method, ipc = synset.meta.get("method"), synset.meta.get("ipc")
-    if method not in SET_METHODS or not isinstance(ipc, int):
-        raise DMError(f"{path} does not record a {'/'.join(SET_METHODS)} method and images per class "
+    if method not in list_methods() or not isinstance(ipc, int):
+        raise DMError(f"{path} does not record a {'/'.join(list_methods())} method and images per class "
                       f"(method {method!r}, ipc {ipc!r}): name a set of your own proxy custom:NAME")
     named = f"{method}{ipc}"
     if named != proxy.name:
