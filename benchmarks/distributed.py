@@ -45,7 +45,7 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=100)
     p.add_argument("--batch-real", type=int, default=64)
     p.add_argument("--model", default="convnet-w32")
-    p.add_argument("--repeats", type=int, default=4, help="networks trained by evaluate")
+    p.add_argument("--networks", type=int, default=4, help="networks trained by evaluate")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args()
@@ -67,7 +67,7 @@ def main() -> None:
             tn, _ = run(torchrun + condense + ["--out", "many.pt"], threads_many, cwd)
             times["condense 1"].append(t1)
             times[f"condense {args.nproc}"].append(tn)
-            evaluate = ["evaluate", "one.pt", "--epochs", str(args.epochs), "--repeats", str(args.repeats), "--model",
+            evaluate = ["evaluate", "one.pt", "--epochs", str(args.epochs), "--repeats", str(args.networks), "--model",
                         args.model, "--device", args.device, "--no-progress"]
             e1, r1 = run(single + evaluate, threads_one, cwd)
             en, rn = run(torchrun + evaluate, threads_many, cwd)
@@ -79,8 +79,8 @@ def main() -> None:
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {cores} cores"
     print(f"device: {device}; median of {args.repeats} alternating runs, wall seconds including process start")
     print(f"DM: {args.dataset}, ipc {args.ipc}, {args.iterations} iterations, batch_real {args.batch_real}, "
-          f"{args.model}; evaluate: {args.repeats} networks x {args.epochs} epochs")
-    print("| job | 1 process (s) | %d processes (s) | speed-up |" % args.nproc)
+          f"{args.model}; evaluate: {args.networks} networks x {args.epochs} epochs")
+    print(f"| job | 1 process (s) | {args.nproc} processes (s) | speed-up |")
     print("|---|---|---|---|")
     for job in ("condense", "evaluate"):
         one, many = statistics.median(times[f"{job} 1"]), statistics.median(times[f"{job} {args.nproc}"])

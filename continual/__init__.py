@@ -3,8 +3,8 @@
 Avalanche glue over dm_core: ``CondensedMemory`` (a class-balanced ``ExemplarsBuffer`` storage policy whose images are
 made by any method of dm_core's registry), ``GDumbMemoryPlugin`` (a ``SupervisedPlugin``: memory update, model reset,
 training on the memory only, in Avalanche's loop), ``save_checkpoint`` / ``load_checkpoint`` (a user's strategy with
-its memory and RNG states), the benchmark of docs/method.md's class orders (section 6), and ``run_continual(ContinualConfig)``, the
-function behind ``python -m continual.run``.
+its memory and RNG states), the benchmark of docs/method.md's class orders (section 6), and
+``run_continual(ContinualConfig)``, the function behind ``python -m continual.run``.
 
 Names are imported on first use, so ``python -m continual.run`` checks its input before Avalanche (slow to import)
 is loaded.

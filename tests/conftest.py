@@ -12,6 +12,19 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _matplotlib_cache(tmp_path_factory):
+    """One matplotlib cache for the session (its folder is under $HOME by default, which every test replaces): built
+    once here, so no subprocess prints matplotlib's "building the font cache" notice among the lines a test reads."""
+    folder = tmp_path_factory.mktemp("matplotlib")
+    os.environ["MPLCONFIGDIR"] = str(folder)
+    try:
+        import matplotlib.font_manager  # noqa: F401  (builds the cache in MPLCONFIGDIR)
+    except ImportError:  # dm_core alone installed: nothing of matplotlib's runs
+        pass
+    yield folder
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory, monkeypatch):
     """Avalanche and NNI write under $HOME: keep that inside the test's temp area."""

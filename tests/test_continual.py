@@ -289,7 +289,8 @@ def test_a_run_directory_takes_new_methods_with_their_own_options(cl, tmp_path):
     out = tmp_path / "run"
     dm = dict(methods=("dm",), method_options={"dm": {"batch_real": 8}})
     cl.run_continual(config(cl, out, epochs=1, iterations=1, **dm))
-    cl.run_continual(config(cl, out, epochs=1, iterations=1, methods=("herding",), method_options={"herding": {"epochs": 1}}))
+    cl.run_continual(config(cl, out, epochs=1, iterations=1, methods=("herding",),
+                            method_options={"herding": {"epochs": 1}}))
     stored = json.loads((out / "config.json").read_text())
     assert stored["method_options"] == {"dm": {"batch_real": 8}, "herding": {"epochs": 1}}
     assert stored["methods"] == ["dm", "herding"]
@@ -298,12 +299,14 @@ def test_a_run_directory_takes_new_methods_with_their_own_options(cl, tmp_path):
         cl.prepare(config(cl, out, epochs=1, iterations=1, **{**dm, "method_options": {"dm": {"batch_real": 4}}}))
     with pytest.raises(DMError, match=r"herding options \{'epochs': 1\} -> \{\}"):
         cl.prepare(config(cl, out, epochs=1, iterations=1, methods=("herding",)))
-    cl.run_continual(config(cl, out, epochs=1, iterations=1, methods=("random",)))  # random ran with its defaults (none) ...
+    # random ran with its defaults (none) ...
+    cl.run_continual(config(cl, out, epochs=1, iterations=1, methods=("random",)))
     stored = json.loads((out / "config.json").read_text())
     stored["method_options"].pop("herding")  # ... as did rows whose options an older config.json does not hold
     (out / "config.json").write_text(json.dumps(stored))
     with pytest.raises(DMError, match=r"herding options \{\} -> \{'epochs': 2\}"):
-        cl.prepare(config(cl, out, epochs=1, iterations=1, methods=("herding",), method_options={"herding": {"epochs": 2}}))
+        cl.prepare(config(cl, out, epochs=1, iterations=1, methods=("herding",),
+                          method_options={"herding": {"epochs": 2}}))
 
 
 @pytest.mark.parametrize("argv,message", [

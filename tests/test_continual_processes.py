@@ -15,8 +15,8 @@ TINY_NET = "convnet-d1-w8-relu-instancenorm-avgpool"
 def command(out: Path, seeds: list[int], memory: str = "random", epochs: int = 2, repeats: int = 2) -> list[str]:
     return [sys.executable, "-m", "continual.run", "--dataset", "digits", "--steps", "2", "--memory", memory,
             "--ipc", "2", "--seeds", *map(str, seeds), "--repeats", str(repeats), "--epochs", str(epochs),
-            "--iterations", "20", "--model", TINY_NET, "--max-train-per-class", "20", "--option", "dm.batch_real=8", "--device",
-            "cpu", "--threads", "1", "--out", str(out), "--no-progress"]
+            "--iterations", "20", "--model", TINY_NET, "--max-train-per-class", "20", "--option", "dm.batch_real=8",
+            "--device", "cpu", "--threads", "1", "--out", str(out), "--no-progress"]
 
 
 def environment(tmp_path: Path) -> dict:

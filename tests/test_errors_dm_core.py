@@ -73,7 +73,8 @@ def evaluate_args(path: str) -> list[str]:
 CASES = {
     # paths that would lose a file or could not be written
     "out is a folder": (lambda t: (t / "dir").mkdir() or DM + ["--out", str(t / "dir")], "folder"),
-    "out under a file": (lambda t: then((t / "f").write_text("x"), DM) + ["--out", str(t / "f" / "s.pt")], "not a folder"),
+    "out under a file": (lambda t: then((t / "f").write_text("x"), DM) + ["--out", str(t / "f" / "s.pt")],
+                         "not a folder"),
     "out in an unwritable place": (lambda t: DM + ["--out", "/proc/dm_toolkit_test/s.pt"], "cannot write"),
     "out named .ckpt": (lambda t: DM + ["--out", str(t / "s.ckpt")], ".ckpt"),
     "png over the set": (lambda t: DM + ["--out", str(t / "s.png"), "--png"], "picture over the set"),
@@ -284,8 +285,8 @@ def test_ctrl_c_saves_a_checkpoint_and_the_same_command_continues_bit_identicall
     resumed = subprocess.run([sys.executable, "-m", "dm_core", *argv, "--no-progress"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
-    straight = subprocess.run([sys.executable, "-m", "dm_core", *argv[:-1], "straight.pt", "--no-progress"], cwd=tmp_path,
-                              env=env, capture_output=True, text=True, timeout=300)
+    straight = subprocess.run([sys.executable, "-m", "dm_core", *argv[:-1], "straight.pt", "--no-progress"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert straight.returncode == 0, straight.stderr
     a = torch.load(tmp_path / "s.pt", weights_only=True)
     b = torch.load(tmp_path / "straight.pt", weights_only=True)

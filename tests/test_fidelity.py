@@ -78,7 +78,7 @@ def test_dsa_inner_loop_trains_epochs_over_the_synthetic_set(digits, monkeypatch
     assert steps == [8, 8, 8, 6] * 2  # one inner phase (between the 2 outer steps), 2 shuffled epochs of 30 images
 
 
-# 3. Training-time augmentation: one group per mini-batch ---------------------------------------------------------------
+# 3. Training-time augmentation: one group per mini-batch --------------------------------------------------------------
 
 @pytest.mark.parametrize("op", augment.OPS)
 def test_single_op_path_equals_the_mixed_path(op):
@@ -166,7 +166,7 @@ def test_cli_records_precision_in_the_set_and_the_evaluation(tmp_path, capsys):
     assert figures["precision"] == "fp32" and figures["augment_groups"] == "batch"
 
 
-# 5. Second fidelity pass (issue 20): the learning ResNet, strategies by dataset, DSA, defaults, schedule ----------------
+# 5. Second fidelity pass (issue 20): the learning ResNet, strategies by dataset, DSA, defaults, schedule --------------
 
 def test_the_learning_resnet_is_the_references():
     """resnet18bnap: stride-1 convs, pooling after the first conv's norm and ReLU, pooled shortcut, no global
@@ -181,7 +181,8 @@ def test_the_learning_resnet_is_the_references():
     assert sum(p.numel() for p in net.parameters()) == 11_250_762  # counted by hand from the reference's layers
     assert all(m.stride == (1, 1) for m in net.modules() if isinstance(m, nn.Conv2d))
     assert not any(isinstance(m, nn.AdaptiveAvgPool2d) for m in net.modules())
-    block = net.features[5]  # the first downsampling block (after the stem and two blocks): conv -> norm -> ReLU -> avgpool -> conv -> norm
+    # the first downsampling block (after the stem and two blocks): conv -> norm -> ReLU -> avgpool -> conv -> norm
+    block = net.features[5]
     assert [type(m).__name__ for m in block.body] == ["Conv2d", "BatchNorm2d", "ReLU", "AvgPool2d", "Conv2d",
                                                       "BatchNorm2d"]
     assert [type(m).__name__ for m in block.shortcut] == ["Conv2d", "AvgPool2d", "BatchNorm2d"]

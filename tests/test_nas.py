@@ -409,8 +409,8 @@ def test_both_commands_end_with_one_json_line_and_augment_reaches_every_training
     assert search_main(argv) == 0  # the dataset's strategy: trained again, under its own budget
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["budget"] == "e1-b250" + DIGITS + RECIPE
     rows = read_records(out / "results.csv")
-    assert sorted((r.augment, r.budget) for r in rows) == [("color_crop_cutout_scale_rotate", "e1-b250" + DIGITS + RECIPE)] \
-        * 4 + [("none", "e1-b250-aug-none" + RECIPE)] * 4
+    full = ("color_crop_cutout_scale_rotate", "e1-b250" + DIGITS + RECIPE)
+    assert sorted((r.augment, r.budget) for r in rows) == [full] * 4 + [("none", "e1-b250-aug-none" + RECIPE)] * 4
     assert seen[4:] == ["color_crop_cutout_scale_rotate"] * 4
 
     seen.clear()

@@ -7,7 +7,7 @@
 set -euo pipefail
 export OMP_NUM_THREADS=1
 RUN=${RUN:-runs/nas_mnist}
-DATA=${DATA_ROOT:-/work/shared/data}
+DATA=${DATA_ROOT:-../shared/data}
 COMMON="--dataset mnist --data-root $DATA --space tiny --repeats 1 --epochs 50 --device cpu --out $RUN --no-progress"
 /usr/bin/time -f "random10 search: %e s wall" python -m nas.search --proxy random10 $COMMON
 /usr/bin/time -f "dm10 search (incl. condensation): %e s wall" python -m nas.search --proxy dm10 --iterations 100 --batch-real 64 $COMMON
