@@ -76,23 +76,32 @@ def torch_bytes(obj) -> bytes:
     return buffer.getvalue()
 
 
+def _nearest_existing(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _probe(folder: Path, failure: str) -> None:
+    """Create and remove a temp file in ``folder``; on failure raise ``failure: folder is not writable (why)``."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".probe.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise DMError(f"{failure}: {folder} is not writable ({exc.strerror})") from None
+
+
 def check_writable(path: str | os.PathLike, what: str = "output") -> Path:
     """Refuse, before any work, a ``path`` that could not be written at the end: a folder, or a place where no file
     can be created. Probes with a temp file that it removes at once; creates no folder."""
     path = Path(path)
     if path.is_dir():
         raise DMError(f"{what} {path} is a folder: give a file name")
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
+    folder = _nearest_existing(path.parent)
     if not folder.is_dir():
         raise DMError(f"cannot write {what} {path}: {folder} is not a folder")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".probe.", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise DMError(f"cannot write {what} {path}: {folder} is not writable ({exc.strerror})") from None
+    _probe(folder, f"cannot write {what} {path}")
     return path
 
 
@@ -103,17 +112,10 @@ def check_folder(path: str | os.PathLike, what: str = "run folder") -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise DMError(f"the {what} {path} is a file: give a folder")
-    existing = path
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = _nearest_existing(path)
     if not existing.is_dir():
         raise DMError(f"cannot make the {what} {path}: {existing} is not a folder")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".probe.", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise DMError(f"cannot write the {what} {path}: {existing} is not writable ({exc.strerror})") from None
+    _probe(existing, f"cannot write the {what} {path}")
     return path
 
 
