@@ -80,12 +80,13 @@ def main() -> None:
     print(f"device: {device}; median of {args.repeats} alternating runs, wall seconds including process start")
     print(f"DM: {args.dataset}, ipc {args.ipc}, {args.iterations} iterations, batch_real {args.batch_real}, "
           f"{args.model}; evaluate: {args.models} models x {args.epochs} epochs")
-    print("| job | 1 process (s) | %d processes (s) | speed-up |" % args.nproc)
+    print(f"| job | 1 process (s) | {args.nproc} processes (s) | speed-up |")
     print("|---|---|---|---|")
     for job in ("condense", "evaluate"):
         one, many = statistics.median(times[f"{job} 1"]), statistics.median(times[f"{job} {args.nproc}"])
         print(f"| {job} | {one:.1f} | {many:.1f} | {one / many:.2f}x |")
-    print(f"max |set(1) - set({args.nproc})| = {same_set:.2e}; accuracies equal: {r1['accuracies'] == rn['accuracies']}")
+    print(f"max |set(1) - set({args.nproc})| = {same_set:.2e}; "
+          f"accuracies equal: {r1['accuracies'] == rn['accuracies']}")
 
 
 if __name__ == "__main__":

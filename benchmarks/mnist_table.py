@@ -51,7 +51,8 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "results.jsonl"
     done = {(r["method"], r["ipc"]): r for r in map(json.loads, log.read_text().splitlines())} if log.exists() else {}
-    common = ["--dataset", "mnist", "--device", args.device] + (["--data-root", args.data_root] if args.data_root else [])
+    common = ["--dataset", "mnist", "--device", args.device] + (["--data-root", args.data_root] if args.data_root
+                                                                  else [])
     for ipc in (1, 10):
         for method in METHODS:
             if (method, ipc) in done:
@@ -75,7 +76,8 @@ def main(argv=None) -> int:
             done[(method, ipc)] = row
             print(f"{method} ipc={ipc}: {row['mean']:.1f} +- {row['std']:.1f}", flush=True)
 
-    lines = ["| ipc | method | this run (mean +- std %) | paper Table 1 | condense s | evaluate s |", "|---|---|---|---|---|---|"]
+    lines = ["| ipc | method | this run (mean +- std %) | paper Table 1 | condense s | evaluate s |",
+             "|---|---|---|---|---|---|"]
     for ipc in (1, 10):
         for method in METHODS:
             r = done[(method, ipc)]

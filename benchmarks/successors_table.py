@@ -73,8 +73,8 @@ def timing(args, data, spec: str, ipc: int) -> dict:
 
 def table(rows: list[dict], timings: dict | None = None, previous: dict | None = None) -> str:
     timings, previous = timings or {}, previous or {}
-    lines = ["| ipc | method | images/class trained on | accuracy % (mean +- std) | before | vs DM | wall ms / iteration "
-             "| CPU ms / iteration |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| ipc | method | images/class trained on | accuracy % (mean +- std) | before | vs DM "
+             "| wall ms / iteration | CPU ms / iteration |", "|---|---|---|---|---|---|---|---|"]
     for ipc in sorted({r["ipc"] for r in rows}):
         dm = next((r["mean"] for r in rows if r["ipc"] == ipc and r["method"] == "dm"), None)
         for r in (r for r in rows if r["ipc"] == ipc):
