@@ -34,13 +34,13 @@ checks=${PIPESTATUS[0]}
 echo "== 2. speed.py, CUDA rows ($(left) s left)" >&2
 cp benchmarks/README.md "$out/README.md"
 timeout $(( $(left) - 40 )) $python benchmarks/speed.py --device cuda --only many dm nas e2e --bf16 never \
-  --repeats 3 --many-repeats 3 --nas-repeats 3 --nas-steps 100 --e2e-repeats 2 --e2e-epochs 300 \
+  --repeats 3 --many-repeats 3 --many-epochs 30 10 --nas-repeats 3 --nas-steps 100 --e2e-repeats 2 --e2e-epochs 300 \
   --json-out "$out/speed_cuda.json" --readme "$out/README.md" 2>&1 | tee "$out/speed.log"
 speed=${PIPESTATUS[0]}
 
 if [ "$(left)" -gt 100 ]; then
   echo "== 3. CPU scaling rows ($(left) s left)" >&2
-  timeout $(( $(left) - 10 )) $python benchmarks/speed.py --device cpu --only scaling --many-epochs 1 2 \
+  timeout $(( $(left) - 10 )) $python benchmarks/speed.py --device cpu --only scaling --many-epochs 4 1 \
     --many-repeats 2 --json-out "$out/speed_cpu_scaling.json" 2>&1 | tail -n 20
 fi
 

@@ -23,11 +23,12 @@ the cost), the paper's ConvNet (depth 3, width 128, instance norm, average pooli
   validation pass over 5,000 images, per architecture; compiled trials include one compile each (every trial of a
   search is a new architecture).
 - Many trainings at once (issue 23, ``--only many``): K = 1, 5, 20 networks trained from scratch on a 10-ipc set
-  (ConvNet-w32 on MNIST-shaped images, the paper's ConvNet on CIFAR-shaped ones), seconds per epoch of all K.
-  Baseline: today's path, ``train_model`` K times in sequence in this process (torch's threads); candidate:
-  ``dm_core.train_many`` with ``--workers`` (auto: worker processes of one thread per core on the CPU, the networks
-  stacked on a GPU). Both eager (the stacked path does not compile). Slopes cancel the worker start-up, which the
-  end-to-end rows include.
+  (ConvNet-w32 on MNIST-shaped images, the paper's ConvNet on CIFAR-shaped ones), ``--many-epochs`` epochs each,
+  whole runs timed (on a loaded machine, slopes of long against short runs came out negative). Baseline: today's
+  path, ``train_model`` K times in sequence in this process (torch's threads); candidate: ``dm_core.train_many`` with
+  ``--workers`` (auto: worker processes of one thread per core on the CPU, the networks stacked on a GPU), whose
+  forkserver is started before the timing (the end-to-end rows include that start). Both eager (the stacked path
+  does not compile).
 - NAS proxy search (``--only nas``): 8 architectures drawn (seed 0) from the 720-space at widths 32 and 64, 2
   repeats each, ``--nas-steps`` steps on a CIFAR-shaped 10-ipc proxy set plus validation on 1,000 images, whole
   searches timed. Baseline: today's ``nas.trial`` path (``train_model`` then ``evaluate_accuracy`` at batch 128, one
@@ -241,7 +242,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads of this process (default: torch's)")
     parser.add_argument("--workers", default="auto", help="train_many's workers in the many, nas and e2e rows")
     parser.add_argument("--many-k", type=int, nargs="+", default=[1, 5, 20], help="networks trained at once")
-    parser.add_argument("--many-epochs", type=int, nargs=2, default=[1, 3], metavar=("SHORT", "LONG"))
+    parser.add_argument("--many-epochs", type=int, nargs=2, default=[30, 3], metavar=("W32", "W128"),
+                        help="epochs of each training in the many rows, per workload (the scaling rows take W32)")
     parser.add_argument("--many-repeats", type=int, default=3)
     parser.add_argument("--many-stacked", action="store_true", help="also time the stacked path on the CPU")
     parser.add_argument("--many-models", nargs="+", choices=("w32", "w128"), default=["w32", "w128"],
@@ -448,6 +450,10 @@ def many_label(workers, k: int, device: torch.device) -> str:
 def many_rows(args, device: torch.device, workers, rows: list, result: dict) -> None:
     """K trainings at once against K in sequence (today), per workload and K."""
     cpu = torch.device("cpu")
+    if device.type == "cpu":  # start the forkserver now: a command pays it once, the end-to-end rows include it
+        train_many([TrainJob("convnet-d1-w4", torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long),
+                             TrainConfig(iterations=1), seed=s, num_classes=2) for s in range(2)], device, 2,
+                   mode="processes")
     workloads = {"w32": ("ConvNet-w32, MNIST-shaped", "convnet-w32", mnist_like(10, 100), "mnist"),
                  "w128": ("ConvNet-128, CIFAR-shaped", "convnet", cifar_like(10, 100), "cifar10")}
     result["many"] = {}
@@ -468,17 +474,20 @@ def many_rows(args, device: torch.device, workers, rows: list, result: dict) -> 
                 train_many([TrainJob(model, x, y, config(n), seed=s, num_classes=10) for s in range(k)], device,
                            workers, mode=mode)
 
+            epochs = args.many_epochs[0 if key == "w32" else 1]
             base = f"{k} in sequence (today)"
-            block = {base: sequence, f"{k} at once, workers {workers} ({many_label(workers, k, device)})": at_once}
+            block = {base: lambda s=sequence, e=epochs: s(e),
+                     f"{k} at once, workers {workers} ({many_label(workers, k, device)})":
+                         lambda f=at_once, e=epochs: f(e)}
             if args.many_stacked and device.type == "cpu" and k > 1:
-                block[f"{k} at once, stacked (forced)"] = lambda n, f=at_once: f(n, mode="stacked")
-            print(f"many: {label}, K={k}", file=sys.stderr, flush=True)
-            t = Timing(block, *args.many_epochs, device, args.many_repeats)
+                block[f"{k} at once, stacked (forced)"] = lambda f=at_once, e=epochs: f(e, mode="stacked")
+            print(f"many: {label}, K={k}, {epochs} epochs", file=sys.stderr, flush=True)
+            t = WallTiming(block, device, args.many_repeats, warm=False)
             for name in block:
-                add_row(rows, f"{k} x {label}, 10 ipc", name, t.seconds[name], f"s/epoch of {k}",
-                        None if name == base else t.speedup(base, name))
-            result["many"][f"{key}_k{k}"] = {"slopes": t.slopes, "first_call_extra_s": t.extra,
-                                             "load": os.getloadavg()[0]}
+                add_row(rows, f"{k} x {label}, 10 ipc, {epochs} epochs", name, t.seconds[name], "s/run",
+                        None if name == base else t.speedup(base, name),
+                        f"{t.seconds[name] / (k * (epochs + 1)):.3f} s per network-epoch")
+            result["many"][f"{key}_k{k}"] = {"seconds": t.slopes, "epochs": epochs, "load": os.getloadavg()[0]}
 
 
 def nas_rows(args, device: torch.device, workers, rows: list, result: dict) -> None:
@@ -602,15 +611,17 @@ def scaling_rows(args, device: torch.device, rows: list, result: dict) -> None:
         train_many([TrainJob("convnet-w32", x, y, config(n), seed=s, num_classes=10) for s in range(k)], device, w,
                    mode="processes")
 
-    block = {f"in sequence, {c} thread(s)": with_threads(c, sequence) for c in counts}
-    block.update({f"{w} workers of 1 thread": (lambda n, w=w: at_once(n, w)) for w in counts if w > 1})
+    epochs = args.many_epochs[0]
+    block = {f"in sequence, {c} thread(s)": (lambda c=c: with_threads(c, sequence)(epochs)) for c in counts}
+    block.update({f"{w} workers of 1 thread": (lambda w=w: at_once(epochs, w)) for w in counts if w > 1})
     base = f"in sequence, {counts[0]} thread(s)"
     print(f"scaling: {k} networks, up to {cores} cores", file=sys.stderr, flush=True)
-    t = Timing(block, *args.many_epochs, device, args.many_repeats)
+    t = WallTiming(block, device, args.many_repeats, warm=False)
     for name in block:
-        add_row(rows, f"scaling: {k} x ConvNet-w32, MNIST-shaped, {cores} cores", name, t.seconds[name],
-                f"s/epoch of {k}", None if name == base else t.speedup(base, name))
-    result["scaling"] = {"slopes": t.slopes, "cores": cores, "networks": k, "load": os.getloadavg()[0]}
+        add_row(rows, f"scaling: {k} x ConvNet-w32, MNIST-shaped, {epochs} epochs, {cores} cores", name,
+                t.seconds[name], "s/run", None if name == base else t.speedup(base, name))
+    result["scaling"] = {"seconds": t.slopes, "cores": cores, "networks": k, "epochs": epochs,
+                         "load": os.getloadavg()[0]}
 
 
 def splice(readme: Path, kind: str, table: str) -> None:

@@ -127,7 +127,7 @@ class DSAMatcher(Matcher):
 
     def _compile_pays(self) -> bool:
         """Whether the inner loops of the iterations ahead pay for their graphs (a training step: 3 forward passes)."""
-        if self.inner_loop == 0 or self.steps == 1:
+        if self.inner_loop == 0 or self.steps == 1 or self.config.compile == "off":
             return False
         images = self.run.images
         flops = (3 * forward_flops(self.net, tuple(images.shape[1:]), self.device) * len(images) * self.inner_loop

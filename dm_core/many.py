@@ -125,14 +125,19 @@ def build_network(job: TrainJob, device: torch.device) -> nn.Module:
     return reinit_(net, make_generator(job.seed, torch.device("cpu"))).to(device)
 
 
-def _test_data(job: TrainJob, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The tests on the device once, restricted to ``classes``: a curve's evaluations copy nothing per epoch."""
+def _test_data(job: TrainJob, device: torch.device, moved: dict | None = None) -> list[tuple[torch.Tensor, ...]]:
+    """The tests on the device once, restricted to ``classes``: a curve's evaluations copy nothing per epoch.
+    ``moved`` shares the copies among jobs that test on the same tensors (a stack of 20 networks, one test set)."""
+    moved = {} if moved is None else moved
     out = []
     for x, y in job.tests:
-        if job.classes is not None:
-            keep = torch.isin(y, torch.as_tensor(job.classes, dtype=y.dtype))
-            x, y = x[keep], y[keep]
-        out.append((x.to(device), y.to(device)))
+        key = (id(x), id(y), job.classes)
+        if key not in moved:
+            if job.classes is not None:
+                keep = torch.isin(y, torch.as_tensor(job.classes, dtype=y.dtype))
+                x, y = x[keep], y[keep]
+            moved[key] = (x.to(device), y.to(device))
+        out.append(moved[key])
     return out
 
 
@@ -479,7 +484,8 @@ def _train_stack(jobs: list[TrainJob], nets: list[nn.Module], device: torch.devi
     x = jobs[0].x.to(device) if shared else torch.stack([j.x for j in jobs]).to(device)
     y = jobs[0].y.to(device) if shared else torch.stack([j.y for j in jobs]).to(device)
     rows = torch.arange(k, device=device)[:, None]
-    tests = [_test_data(job, device) for job in jobs]
+    moved: dict = {}
+    tests = [_test_data(job, device, moved) for job in jobs]
     generators = [make_generator(job.seed, device) for job in jobs]
     augmenters = ([augment.DiffAugment(g, config.strategy, config.augment_groups) for g in generators]
                   if config.strategy != "none" else None)
@@ -535,10 +541,10 @@ def _train_stack(jobs: list[TrainJob], nets: list[nn.Module], device: torch.devi
                 curves[i].append(((step + 1) // per_epoch, _measure(job, network(i), tests[i][:1], device)[0]))
             base.train()
     results = []
-    seconds = (time.perf_counter() - started) / k  # the stack's time, shared out
     for i, job in enumerate(jobs):
         net = network(i)
-        accuracies = _measure(job, net, tests[i], device)
         kept = copy.deepcopy(net).cpu().eval() if job.keep_model else None
-        results.append(JobResult(accuracies, curves[i], seconds, kept))
+        results.append(JobResult(_measure(job, net, tests[i], device), curves[i], 0.0, kept))
+    for result in results:  # the stack's time, shared out
+        result.seconds = (time.perf_counter() - started) / k
     return results

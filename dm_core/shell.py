@@ -119,8 +119,9 @@ def add_common(p: argparse.ArgumentParser, *, dataset: str | None = None, device
     if workers:
         p.add_argument("--workers", type=worker_count, default="auto", metavar="N",
                        help="networks trained at once: auto (what the machine has: worker processes of one thread "
-                            "per CPU core, stacked networks on a GPU) or N; 1 trains them one after another; results "
-                            "do not depend on it")
+                            "per CPU core, stacked networks on a GPU) or N; 1 trains them one after another in this "
+                            "process. Each network's result depends on its seed, not on this (up to float rounding: "
+                            "one-thread workers round as --threads 1 does, stacked networks as batched kernels do)")
     if threads:
         p.add_argument("--threads", type=positive_int, help="CPU threads of torch (default: torch's choice)")
     if progress:
