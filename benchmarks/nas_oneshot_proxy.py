@@ -2,7 +2,8 @@
 supernet trained on a dm10 or a random10 proxy, the selected architecture scored against a whole-data ground truth.
 
     OMP_NUM_THREADS=1 python benchmarks/nas_oneshot_proxy.py --dataset digits --out runs/nas_oneshot_digits
-    OMP_NUM_THREADS=1 python benchmarks/nas_oneshot_proxy.py --dataset mnist --data-root DIR --out runs/nas_oneshot_mnist \
+    OMP_NUM_THREADS=1 python benchmarks/nas_oneshot_proxy.py --dataset mnist --data-root DIR \
+        --out runs/nas_oneshot_mnist \
         --groundtruth reports/nas_mnist/run/groundtruth.csv
 
 Both proxies are made once (seed 0; DM: 100 iterations, 64 real images per class, as in reports/nas_mnist) and reused
@@ -60,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                         "one epoch (MNIST: 216, as reports/nas_mnist)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    common = dict(dataset=args.dataset, data_root=args.data_root, space="tiny", epochs=args.epochs, repeats=args.repeats,
-                  device="cpu", out=args.out, progress=False)
+    common = dict(dataset=args.dataset, data_root=args.data_root, space="tiny", epochs=args.epochs,
+                  repeats=args.repeats, device="cpu", out=args.out, progress=False)
     files = {}
     data = load_search_data(args.dataset, args.data_root, 0.1, 0)
     SearchConfig(**common).resolve().run.claim(data.train.name, 0, 0.1)

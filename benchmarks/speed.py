@@ -1,7 +1,7 @@
 """What dm_core's speed work buys: one table, each figure against its baseline, fp32 and bf16, eager and compiled.
 
-    python benchmarks/speed.py --device cpu        # the table of the README's "Measured" section
-    python benchmarks/speed.py --device cuda       # the same rows on a GPU (nothing to change)
+    python benchmarks/speed.py --device cpu --readme   # the table of benchmarks/README.md
+    python benchmarks/speed.py --device cuda --readme  # the same rows on a GPU (nothing to change)
 
 Workload (the setting of issue 13): CIFAR-shaped random images (3 x 32 x 32, 10 classes; pixel values do not change
 the cost), the paper's ConvNet (depth 3, width 128, instance norm, average pooling), 10 images per class.
@@ -14,13 +14,31 @@ the cost), the paper's ConvNet (depth 3, width 128, instance norm, average pooli
 - DSA, seconds per outer iteration at a reduced schedule (``--dsa-loops``, default 2 outer steps and 1 inner
   epoch; the paper's 10 / 50 at 10 ipc would take hours here): ``dm_core.condense_dsa``. Baseline: the same run with
   every augmentation op computed for every sample (the branchless path, which DSA took on a GPU before its groups
-  were drawn on the host); candidate: only the drawn op (DSA has no compiled path).
+  were drawn on the host); candidates: only the drawn op, eager and with the inner loop's training steps compiled
+  (the matching step stays eager: torch.compile has no double backward).
 - Training, seconds per epoch of ``dm_core.train_model`` on 500 images, batch 250 (2 steps, DSA augmentation):
   eager fp32 is the baseline of the compiled and bf16 rows; the first call's extra time is the compile time, and
   "break-even" is the number of epochs after which compiling has paid for itself.
 - NAS, seconds per proxy trial: 400 training steps at batch 250 (200 epochs of a 500-image proxy set) plus a
   validation pass over 5,000 images, per architecture; compiled trials include one compile each (every trial of a
   search is a new architecture).
+- Many trainings at once (issue 23, ``--only many``): K = 1, 5, 20 networks trained from scratch on a 10-ipc set
+  (ConvNet-w32 on MNIST-shaped images, the paper's ConvNet on CIFAR-shaped ones), ``--many-epochs`` epochs each,
+  whole runs timed (on a loaded machine, slopes of long against short runs came out negative). Baseline: today's
+  path, ``train_model`` K times in sequence in this process (torch's threads); candidate: ``dm_core.train_many`` with
+  ``--workers`` (auto: worker processes of one thread per core on the CPU, the networks stacked on a GPU), whose
+  forkserver is started before the timing (the end-to-end rows include that start). Both eager (the stacked path
+  does not compile).
+- NAS proxy search (``--only nas``): 8 architectures drawn (seed 0) from the 720-space at widths 32 and 64, 2
+  repeats each, ``--nas-steps`` steps on a CIFAR-shaped 10-ipc proxy set plus validation on 1,000 images, whole
+  searches timed. Baseline: today's ``nas.trial`` path (``train_model`` then ``evaluate_accuracy`` at batch 128, one
+  trial after another); candidate: the 16 trials through ``train_many``.
+- End to end (``--only e2e``): ``python -m dm_core evaluate SET --repeats 5 --epochs E --model convnet-w32`` of a
+  10-ipc random selection of MNIST (MNIST-shaped random images when MNIST is not under --data-root), whole commands
+  timed: ``--workers auto`` against ``--workers 1`` and, with ``--baseline-rev REV``, against that revision's
+  dm_core (``git archive``), i.e. today's path. Equal accuracies are checked where the draws are the same.
+- Scaling with cores (``--only scaling``): K networks (ConvNet-w32, MNIST-shaped) in sequence with 1, 2, 4, ...
+  threads and through ``train_many`` with 2, 4, ... workers of one thread, up to the cores there are.
 
 Timing: every variant first runs once (warm-up, and compile for compiled variants); then, ``--repeats`` times, every
 variant of a block runs in turn (interleaved, so a change of machine load hits them alike), and each figure is the
@@ -29,7 +47,8 @@ of the ratio of two variants timed in the same repeat. CUDA work is synchronised
 run where the device computes bf16 natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX); elsewhere one small
 training step in fp32 and in bf16 says how much slower bf16 is, and the rows are marked as not run (``--bf16 always``
 runs them anyway). Inductor's cache is a fresh temporary folder
-unless ``--warm-cache``, so compile times are cold ones. Prints a Markdown table and one JSON line.
+unless ``--warm-cache``, so compile times are cold ones. The 1-minute load average is recorded after every block (on
+a shared machine, compare only figures of one run). Prints a Markdown table and one JSON line.
 """
 from __future__ import annotations
 
@@ -37,6 +56,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -46,10 +66,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dm_core import (  # noqa: E402
+    ConvNetSpec,
     DMConfig,
     DSAConfig,
     ImageDataset,
     TrainConfig,
+    TrainJob,
     augment,
     build_model,
     condense_dm,
@@ -57,12 +79,16 @@ from dm_core import (  # noqa: E402
     evaluate_accuracy,
     reinit_,
     resolve_device,
+    train_many,
     train_model,
 )
 from dm_core.device import make_generator  # noqa: E402
+from dm_core.many import available_cores  # noqa: E402
 from dm_core.precision import precision_scope  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 NAS_TRIAL_STEPS, NAS_VAL_IMAGES = 400, 5000
+README = ROOT / "benchmarks" / "README.md"
 
 
 def sync(device: torch.device) -> None:
@@ -84,6 +110,29 @@ def cifar_like(per_class: int, test: int, seed: int = 0) -> ImageDataset:
     return ImageDataset("cifar-shaped", torch.randn(len(y), 3, 32, 32, generator=g), y,
                         torch.randn(test, 3, 32, 32, generator=g), torch.randint(0, 10, (test,), generator=g), 10,
                         (0.0,) * 3, (1.0,) * 3, tuple(str(c) for c in range(10)))
+
+
+def mnist_like(per_class: int, test: int, seed: int = 0) -> ImageDataset:
+    """MNIST-shaped random images (1 x 28 x 28, 10 classes): the cost of MNIST without the download."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(10).repeat_interleave(per_class)
+    return ImageDataset("mnist-shaped", torch.randn(len(y), 1, 28, 28, generator=g), y,
+                        torch.randn(test, 1, 28, 28, generator=g), torch.randint(0, 10, (test,), generator=g), 10,
+                        (0.0,), (1.0,), tuple(str(c) for c in range(10)))
+
+
+def nas_architectures(count: int = 8, seed: int = 0) -> list[ConvNetSpec]:
+    """``count`` distinct architectures drawn from the 720-space at widths 32 and 64 (the CPU's budget)."""
+    g = torch.Generator().manual_seed(seed)
+    choices = dict(depth=(1, 2, 3, 4), width=(32, 64), act=("sigmoid", "relu", "leakyrelu"),
+                   norm=("none", "batchnorm", "layernorm", "instancenorm", "groupnorm"),
+                   pool=("none", "maxpool", "avgpool"))
+    found: list[ConvNetSpec] = []
+    while len(found) < count:
+        spec = ConvNetSpec(**{k: v[int(torch.randint(len(v), (1,), generator=g))] for k, v in choices.items()})
+        if spec not in found:
+            found.append(spec)
+    return found
 
 
 def reference_dm(data: ImageDataset, ipc: int, batch_real: int, model: str, iterations: int, device: torch.device,
@@ -134,8 +183,9 @@ class Timing:
         self.slopes, shorts = {name: [] for name in names}, {name: [] for name in names}
         for r in range(repeats):
             for name in names[r % len(names):] + names[:r % len(names)]:
-                shorts[name].append(clock(lambda: block[name](short), device))
-                self.slopes[name].append((clock(lambda: block[name](long), device) - shorts[name][-1]) / (long - short))
+                run = block[name]
+                shorts[name].append(clock(lambda run=run: run(short), device))
+                self.slopes[name].append((clock(lambda run=run: run(long), device) - shorts[name][-1]) / (long - short))
             print(f"  repeat {r + 1}: " + ", ".join(f"{n} {v[-1]:.3f}" for n, v in self.slopes.items()),
                   file=sys.stderr, flush=True)
         self.seconds = {name: statistics.median(v) for name, v in self.slopes.items()}
@@ -144,6 +194,36 @@ class Timing:
     def speedup(self, baseline: str, name: str) -> float:
         """Median over repeats of baseline / candidate, each pair measured within the same repeat."""
         return statistics.median(b / c for b, c in zip(self.slopes[baseline], self.slopes[name]))
+
+
+class WallTiming(Timing):
+    """Whole runs, interleaved: each repeat runs every variant once (order rotated), no warm-up beyond ``warm``."""
+
+    def __init__(self, block: dict, device: torch.device, repeats: int, warm: bool = True):
+        names = list(block)
+        if warm:
+            for name in names:
+                block[name]()
+        self.slopes = {name: [] for name in names}
+        for r in range(repeats):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                self.slopes[name].append(clock(block[name], device))
+            print(f"  repeat {r + 1}: " + ", ".join(f"{n} {v[-1]:.2f}" for n, v in self.slopes.items()),
+                  file=sys.stderr, flush=True)
+        self.seconds = {name: statistics.median(v) for name, v in self.slopes.items()}
+        self.extra = {name: 0.0 for name in names}
+
+
+def with_threads(threads: int | None, fn):
+    """``fn`` run with ``threads`` torch threads (None: as they are), restored afterwards."""
+    def run(*args):
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads or before)
+        try:
+            return fn(*args)
+        finally:
+            torch.set_num_threads(before)
+    return run
 
 
 def main(argv=None) -> int:
@@ -157,14 +237,38 @@ def main(argv=None) -> int:
     parser.add_argument("--dsa-loops", type=int, nargs=2, default=[2, 1], metavar=("OUTER", "INNER"))
     parser.add_argument("--bf16", choices=("auto", "always", "never"), default="auto")
     parser.add_argument("--warm-cache", action="store_true", help="keep inductor's usual cache (warm compiles)")
-    parser.add_argument("--only", nargs="+", choices=("dm", "dsa", "train"), default=["dm", "dsa", "train"])
-    parser.add_argument("--readme", type=Path, default=None,
-                        help="also write the table into this README between the speed.py markers of its device kind "
-                             "(<!-- speed.py cpu --> ... <!-- /speed.py cpu -->, or cuda)")
+    blocks = ("dm", "dsa", "train", "many", "nas", "e2e", "scaling")
+    parser.add_argument("--only", nargs="+", choices=blocks, default=list(blocks))
+    parser.add_argument("--threads", type=int, default=None, help="torch threads of this process (default: torch's)")
+    parser.add_argument("--workers", default="auto", help="train_many's workers in the many, nas and e2e rows")
+    parser.add_argument("--many-k", type=int, nargs="+", default=[1, 5, 20], help="networks trained at once")
+    parser.add_argument("--many-epochs", type=int, nargs=2, default=[30, 3], metavar=("W32", "W128"),
+                        help="epochs of each training in the many rows, per workload (the scaling rows take W32)")
+    parser.add_argument("--many-repeats", type=int, default=3)
+    parser.add_argument("--many-stacked", action="store_true", help="also time the stacked path on the CPU")
+    parser.add_argument("--many-models", nargs="+", choices=("w32", "w128"), default=["w32", "w128"],
+                        help="the many rows' workloads: ConvNet-w32 MNIST-shaped, ConvNet-128 CIFAR-shaped")
+    parser.add_argument("--nas-steps", type=int, default=30, help="training steps per NAS proxy trial")
+    parser.add_argument("--nas-repeats", type=int, default=3)
+    parser.add_argument("--e2e-epochs", type=int, default=100)
+    parser.add_argument("--e2e-model", default="convnet-w32")
+    parser.add_argument("--e2e-repeats", type=int, default=2)
+    parser.add_argument("--data-root", default=None, help="where MNIST is for the e2e rows (default: $DM_DATA_ROOT)")
+    parser.add_argument("--baseline-rev", default=None,
+                        help="a git revision whose dm_core is 'today' in the e2e rows (e.g. the commit before "
+                             "train_many)")
+    parser.add_argument("--scaling-k", type=int, default=None, help="networks of the scaling rows (default: 2 x cores)")
+    parser.add_argument("--readme", type=Path, nargs="?", const=README, default=None,
+                        help="also write the table into this README (default: benchmarks/README.md) between the "
+                             "speed.py markers of its device kind (<!-- speed.py cpu --> ... <!-- /speed.py cpu -->, "
+                             "or cuda)")
     parser.add_argument("--json-out", type=Path, default=None, help="also write the JSON line to this file")
     args = parser.parse_args(argv)
     if not args.warm_cache:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="dm_speed_inductor_")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    workers = args.workers if args.workers == "auto" else int(args.workers)
 
     device = resolve_device(args.device)
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
@@ -176,9 +280,9 @@ def main(argv=None) -> int:
     rows, result = [], {"device": where, "torch": torch.__version__, "model": args.model, "repeats": args.repeats}
 
     def row(what, variant, seconds, unit, speedup=None, note=""):
-        rows.append((what, variant, f"{seconds:.3f}", unit, f"{speedup:.2f}x" if speedup else "baseline", note))
+        add_row(rows, what, variant, seconds, unit, speedup, note)
 
-    if "dm" in args.only:
+    def dm_block():
         def dm_engine(precision, compile_mode):
             def run(n):
                 condense_dm(data, DMConfig(ipc=args.ipc, iterations=n, batch_real=args.batch_real, model=args.model,
@@ -199,17 +303,16 @@ def main(argv=None) -> int:
                     None if name == base else t.speedup(base, name),
                     f"compile {t.extra[name]:.0f} s" if "compiled" in name else "")
             result[f"dm_{precision}"] = {"slopes": t.slopes, "compile_s": t.extra}
-            loads.append(os.getloadavg()[0])
 
-    if "dsa" in args.only:
+    def dsa_block():
         outer, inner = args.dsa_loops
 
-        def dsa(precision):
+        def dsa(precision, compile_mode="off"):
             def run(n):
                 condense_dsa(data, DSAConfig(ipc=args.ipc, iterations=n, batch_real=args.batch_real, model=args.model,
                                              precision=precision, outer_loop=outer, inner_loop=inner,
-                                             log_every=10 ** 9, checkpoint_every=10 ** 9), device=device,
-                             progress=False)
+                                             compile=compile_mode, log_every=10 ** 9, checkpoint_every=10 ** 9),
+                             device=device, progress=False)
             return run
 
         def mixed_runs(x, params, run):
@@ -232,16 +335,17 @@ def main(argv=None) -> int:
         for p in precisions:
             block[f"every op computed, {p}"] = every_op(dsa(p))
             block[f"only the drawn op, {p}"] = dsa(p)
+            block[f"only the drawn op, compiled inner loop, {p}"] = dsa(p, "on")
         print("DSA", file=sys.stderr, flush=True)
         t = Timing(block, 0, 1, device, args.dsa_repeats)
         for name in block:
-            base = name.replace("only the drawn op", "every op computed")
+            base = f"every op computed, {name.rsplit(', ', 1)[1]}"
             row(f"DSA (outer {outer}, inner {inner})", name, t.seconds[name], "s/iteration",
-                None if name == base else t.speedup(base, name))
+                None if name == base else t.speedup(base, name),
+                f"compile {t.extra[name]:.0f} s" if "compiled" in name else "")
         result["dsa"] = {"slopes": t.slopes}
-        loads.append(os.getloadavg()[0])
 
-    if "train" in args.only:
+    def train_block():
         x, y = data.x_train[:500], data.y_train[:500]
         net = build_model(args.model, 3, 10, (32, 32))
 
@@ -278,10 +382,9 @@ def main(argv=None) -> int:
             row(trial, f"compiled, {p}, one cold compile per trial", compiled_trial, "s/trial",
                 eager_fp32 / compiled_trial)
         result["train"] = {"slopes": t.slopes, "compile_s": t.extra, "val_s": val}
-        loads.append(os.getloadavg()[0])
 
-    if not run_bf16:
-        # how much slower bf16 is here, from one small training step of each
+    def bf16_probe():
+        """How much slower bf16 is here, from one small training step of each."""
         probe_x, probe_y = data.x_train[:16].to(device), data.y_train[:16].to(device)
         probe = build_model(args.model, 3, 10, (32, 32)).to(device)
 
@@ -297,20 +400,228 @@ def main(argv=None) -> int:
         rows.append(("bf16, every row", "not run: no native bf16 on this device", "", "", "",
                      f"one training step (16 images) took {ratio:.1f}x its fp32 time"))
 
-    result["load_average"] = loads
-    table = "\n".join([
-        f"{where}, torch {torch.__version__}; {args.model}, CIFAR-shaped data, {args.ipc} images/class; "
-        f"1-minute load average {min(loads):.1f} to {max(loads):.1f} during the run; times are medians of "
-        f"{args.repeats} interleaved repeats ({args.dsa_repeats} for DSA), speed-ups the median of the per-repeat "
-        f"ratios", "", "| what | variant | time | unit | speed-up | note |", "|---|---|---|---|---|---|",
-        *("| " + " | ".join(r) + " |" for r in rows)])
-    print("\n" + table)
-    print(json.dumps(result))
-    if args.json_out is not None:
-        args.json_out.write_text(json.dumps(result) + "\n")
-    if args.readme is not None:
-        splice(args.readme, device.type, table)
+    run_block = {"dm": dm_block, "dsa": dsa_block, "train": train_block,
+                 "many": lambda: many_rows(args, device, workers, rows, result),
+                 "nas": lambda: nas_rows(args, device, workers, rows, result),
+                 "e2e": lambda: e2e_rows(args, device, rows, result),
+                 "scaling": lambda: scaling_rows(args, device, rows, result) if device.type == "cpu" else None}
+
+    def publish(final: bool) -> None:
+        """The table and JSON so far (after every block, so a run stopped by a time limit keeps what it did)."""
+        result["load_average"] = loads
+        result["argv"] = sys.argv[1:] if argv is None else list(argv)
+        table = "\n".join([
+            f"{where}, torch {torch.__version__}; {args.model}, CIFAR-shaped data, {args.ipc} images/class (the DM, "
+            f"DSA and training rows); 1-minute load average {min(loads):.1f} to {max(loads):.1f} during the run; "
+            f"times are medians of interleaved repeats ({args.repeats} for DM and training, {args.dsa_repeats} for "
+            f"DSA, {args.many_repeats} for many and scaling, {args.nas_repeats} for NAS, {args.e2e_repeats} end to "
+            f"end), speed-ups the median of the per-repeat ratios", "",
+            "| what | variant | time | unit | speed-up | note |", "|---|---|---|---|---|---|",
+            *("| " + " | ".join(r) + " |" for r in rows)])
+        if final:
+            print("\n" + table)
+            print(json.dumps(result))
+        if args.json_out is not None:
+            args.json_out.write_text(json.dumps(result) + "\n")
+        if args.readme is not None:
+            splice(args.readme, device.type, table)
+
+    for name in dict.fromkeys(args.only):  # in the order asked
+        run_block[name]()
+        loads.append(os.getloadavg()[0])
+        publish(final=False)
+    if not run_bf16 and set(args.only) & {"dm", "dsa", "train"}:
+        bf16_probe()
+    publish(final=True)
     return 0
+
+
+def add_row(rows: list, what, variant, seconds, unit, speedup=None, note=""):
+    rows.append((what, variant, f"{seconds:.3f}", unit, f"{speedup:.2f}x" if speedup else "baseline", note))
+
+
+def many_label(workers, k: int, device: torch.device) -> str:
+    from dm_core.many import choose_mode, resolve_workers
+
+    mode = choose_mode([None] * k, device, resolve_workers(workers, device))
+    return {"processes": "worker processes", "stacked": "stacked", "sequential": "in this process"}[mode]
+
+
+def many_rows(args, device: torch.device, workers, rows: list, result: dict) -> None:
+    """K trainings at once against K in sequence (today), per workload and K."""
+    cpu = torch.device("cpu")
+    if device.type == "cpu":  # start the forkserver now: a command pays it once, the end-to-end rows include it
+        train_many([TrainJob("convnet-d1-w4", torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long),
+                             TrainConfig(iterations=1), seed=s, num_classes=2) for s in range(2)], device, 2,
+                   mode="processes")
+    workloads = {"w32": ("ConvNet-w32, MNIST-shaped", "convnet-w32", mnist_like(10, 100), "mnist"),
+                 "w128": ("ConvNet-128, CIFAR-shaped", "convnet", cifar_like(10, 100), "cifar10")}
+    result["many"] = {}
+    for key in args.many_models:
+        label, model, data, dataset = workloads[key]
+        x, y, shape = data.x_train, data.y_train, tuple(data.x_train.shape[1:])
+
+        def config(n, dataset=dataset):
+            return TrainConfig(epochs=n, batch_size=256, compile="off").resolve(dataset)
+
+        for k in args.many_k:
+            def sequence(n, k=k, model=model, x=x, y=y, shape=shape):
+                for s in range(k):
+                    net = reinit_(build_model(model, shape[0], 10, shape[1:]), make_generator(s, cpu))
+                    train_model(net, x, y, config(n), seed=s, device=device)
+
+            def at_once(n, k=k, model=model, x=x, y=y, mode="auto"):
+                train_many([TrainJob(model, x, y, config(n), seed=s, num_classes=10) for s in range(k)], device,
+                           workers, mode=mode)
+
+            epochs = args.many_epochs[0 if key == "w32" else 1]
+            base = f"{k} in sequence (today)"
+            block = {base: lambda s=sequence, e=epochs: s(e),
+                     f"{k} at once, workers {workers} ({many_label(workers, k, device)})":
+                         lambda f=at_once, e=epochs: f(e)}
+            if args.many_stacked and device.type == "cpu" and k > 1:
+                block[f"{k} at once, stacked (forced)"] = lambda f=at_once, e=epochs: f(e, mode="stacked")
+            print(f"many: {label}, K={k}, {epochs} epochs", file=sys.stderr, flush=True)
+            t = WallTiming(block, device, args.many_repeats, warm=False)
+            for name in block:
+                add_row(rows, f"{k} x {label}, 10 ipc, {epochs} epochs", name, t.seconds[name], "s/run",
+                        None if name == base else t.speedup(base, name),
+                        f"{t.seconds[name] / (k * (epochs + 1)):.3f} s per network-epoch")
+            result["many"][f"{key}_k{k}"] = {"seconds": t.slopes, "epochs": epochs, "load": os.getloadavg()[0]}
+
+
+def nas_rows(args, device: torch.device, workers, rows: list, result: dict) -> None:
+    """A NAS proxy search (8 architectures x 2 repeats): one trial after another (today) against train_many."""
+    archs, repeats = nas_architectures(8), 2
+    proxy = cifar_like(10, 1000, seed=1)
+    x, y, xv, yv = proxy.x_train, proxy.y_train, proxy.x_test, proxy.y_test
+    config = TrainConfig(iterations=args.nas_steps, batch_size=256, compile="off").resolve("cifar10")
+    scores = {}
+
+    def today():
+        accuracies = []
+        for spec in archs:
+            for r in range(repeats):  # nas.trial.train_architecture, as it stands
+                net = build_model(spec, 3, 10, (32, 32))
+                reinit_(net, torch.Generator().manual_seed(r))
+                train_model(net, x, y, config, seed=r, device=device)
+                accuracies.append(evaluate_accuracy(net, xv, yv, device=device, batch_size=128))
+        scores["today"] = accuracies
+
+    def at_once():
+        jobs = [TrainJob(spec, x, y, config, seed=r, tests=((xv, yv),), num_classes=10) for spec in archs
+                for r in range(repeats)]
+        scores["many"] = [r.accuracies[0] for r in train_many(jobs, device, workers)]
+
+    base = "one trial after another (today)"
+    block = {base: today, f"train_many, workers {workers} ({many_label(workers, 16, device)})": at_once}
+    print("NAS proxy search", file=sys.stderr, flush=True)
+    t = WallTiming(block, device, args.nas_repeats, warm=False)
+    drift = max(abs(a - b) for a, b in zip(scores["today"], scores["many"]))
+    what = f"NAS proxy search (8 archs x 2, {args.nas_steps} steps + 1,000 val)"
+    for name in block:
+        add_row(rows, what, name, t.seconds[name], "s/search", None if name == base else t.speedup(base, name),
+                "" if name == base else f"largest accuracy difference {100 * drift:.2f} points")
+    result["nas"] = {"seconds": t.slopes, "archs": [a.name for a in archs], "max_accuracy_difference": drift,
+                     "load": os.getloadavg()[0]}
+
+
+def baseline_tree(rev: str) -> Path:
+    """dm_core as it was at ``rev`` (git archive), in a temporary folder."""
+    folder = Path(tempfile.mkdtemp(prefix="dm_today_"))
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "dm_core"], check=True, capture_output=True)
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive.stdout, check=True)
+    return folder
+
+
+def e2e_rows(args, device: torch.device, rows: list, result: dict) -> None:
+    """``python -m dm_core evaluate --repeats 5`` of a 10-ipc set, whole commands."""
+    from dm_core import DMError, load_dataset
+
+    work = Path(tempfile.mkdtemp(prefix="dm_e2e_"))
+    root = args.data_root or os.environ.get("DM_DATA_ROOT") or str(ROOT.parent / "shared" / "data")
+    try:
+        load_dataset("mnist", root, download=False)
+        dataset, what_data = "mnist", "MNIST"
+    except DMError:  # MNIST-shaped random digits instead (the cost is the same)
+        import numpy as np
+
+        rng = np.random.default_rng(0)
+        np.savez(work / "mnist_shaped.npz", x_train=rng.integers(0, 255, (6000, 28, 28), dtype=np.uint8),
+                 y_train=np.arange(6000) % 10, x_test=rng.integers(0, 255, (10000, 28, 28), dtype=np.uint8),
+                 y_test=np.arange(10000) % 10)
+        dataset, what_data = f"npz:{work / 'mnist_shaped.npz'}", "MNIST-shaped random images"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    subprocess.run([sys.executable, "-m", "dm_core", "condense", "--dataset", dataset, "--data-root", root, "--method",
+                    "random", "--ipc", "10", "--out", "set.pt", "--no-progress"], cwd=work, env=env, check=True,
+                   capture_output=True)
+    command = [sys.executable, "-m", "dm_core", "evaluate", "set.pt", "--data-root", root, "--repeats", "5",
+               "--epochs", str(args.e2e_epochs), "--model", args.e2e_model, "--device", str(device), "--no-progress"]
+    if args.threads:
+        command += ["--threads", str(args.threads)]
+    trees = {"new": ROOT}
+    if args.baseline_rev:
+        trees["today"] = baseline_tree(args.baseline_rev)
+    figures = {}
+
+    def evaluate(tree: str, extra: list[str], name: str):
+        def run():
+            done = subprocess.run(command + extra, cwd=work, env={**env, "PYTHONPATH": str(trees[tree])},
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                raise SystemExit(f"error: {' '.join(command + extra)} failed:\n{done.stderr[-2000:]}")
+            figures[name] = json.loads(done.stdout.strip().splitlines()[-1])
+        return run
+
+    block = {}
+    if "today" in trees:
+        block[f"today ({args.baseline_rev})"] = evaluate("today", [], f"today ({args.baseline_rev})")
+    block["--workers 1"] = evaluate("new", ["--workers", "1"], "--workers 1")
+    block["--workers auto"] = evaluate("new", ["--workers", "auto"], "--workers auto")
+    base = next(iter(block))
+    print("end to end", file=sys.stderr, flush=True)
+    t = WallTiming(block, device, args.e2e_repeats, warm=False)
+    what = f"evaluate --repeats 5 --epochs {args.e2e_epochs}, {args.e2e_model}, 10 ipc of {what_data}"
+    for name in block:
+        accuracies = figures[name]["accuracies_percent"]
+        note = f"accuracies {', '.join(f'{a:.2f}' for a in accuracies)}"
+        add_row(rows, what, name, t.seconds[name], "s/command", None if name == base else t.speedup(base, name),
+                note)
+    result["e2e"] = {"seconds": t.slopes, "figures": figures, "dataset": what_data, "load": os.getloadavg()[0]}
+
+
+def scaling_rows(args, device: torch.device, rows: list, result: dict) -> None:
+    """How K trainings scale with cores: threads of one process against one-thread worker processes."""
+    cores = available_cores()
+    counts = [c for c in (1, 2, 4, 8, 16, 32, 64) if c <= cores]
+    k = args.scaling_k or 2 * cores
+    data = mnist_like(10, 100)
+    x, y = data.x_train, data.y_train
+    cpu = torch.device("cpu")
+
+    def config(n):
+        return TrainConfig(epochs=n, batch_size=256, compile="off").resolve("mnist")
+
+    def sequence(n):
+        for s in range(k):
+            net = reinit_(build_model("convnet-w32", 1, 10, (28, 28)), make_generator(s, cpu))
+            train_model(net, x, y, config(n), seed=s, device=device)
+
+    def at_once(n, w):
+        train_many([TrainJob("convnet-w32", x, y, config(n), seed=s, num_classes=10) for s in range(k)], device, w,
+                   mode="processes")
+
+    epochs = args.many_epochs[0]
+    block = {f"in sequence, {c} thread(s)": (lambda c=c: with_threads(c, sequence)(epochs)) for c in counts}
+    block.update({f"{w} workers of 1 thread": (lambda w=w: at_once(epochs, w)) for w in counts if w > 1})
+    base = f"in sequence, {counts[0]} thread(s)"
+    print(f"scaling: {k} networks, up to {cores} cores", file=sys.stderr, flush=True)
+    t = WallTiming(block, device, args.many_repeats, warm=False)
+    for name in block:
+        add_row(rows, f"scaling: {k} x ConvNet-w32, MNIST-shaped, {epochs} epochs, {cores} cores", name,
+                t.seconds[name], "s/run", None if name == base else t.speedup(base, name))
+    result["scaling"] = {"seconds": t.slopes, "cores": cores, "networks": k, "epochs": epochs,
+                         "load": os.getloadavg()[0]}
 
 
 def splice(readme: Path, kind: str, table: str) -> None:

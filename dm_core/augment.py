@@ -267,9 +267,12 @@ class DiffAugment:
     def draw(self, num_draws: int, device: torch.device) -> AugmentParams:
         return sample_params(num_draws, self.generator, device, self.strategy)
 
+    def draw_batch(self, num_samples: int, device: torch.device) -> tuple[str, torch.Tensor]:
+        """One mini-batch's draw under ``groups="batch"``: (the group, per-sample uniforms (num_samples, 11))."""
+        op = self.allowed[int(torch.randint(len(self.allowed), (1,), generator=self.host))]
+        return op, torch.rand(num_samples, 11, generator=self.generator, device=device)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.groups == "sample":
             return apply(x, self.draw(x.shape[0], x.device))
-        op = self.allowed[int(torch.randint(len(self.allowed), (1,), generator=self.host))]
-        u = torch.rand(x.shape[0], 11, generator=self.generator, device=x.device)
-        return apply_op(x, op, u)
+        return apply_op(x, *self.draw_batch(x.shape[0], x.device))

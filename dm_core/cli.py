@@ -134,13 +134,13 @@ def evaluate(args: argparse.Namespace) -> dict | None:
                       f"--dataset), or make a set from {data.name}")
     config = config.resolve(data.name)
     model = args.model or default_model(data.image_size)
-    result = evaluate_set(synset, data, model, args.repeats, config, args.seed, device, args.progress)
+    result = evaluate_set(synset, data, model, args.repeats, config, args.seed, device, args.progress, args.workers)
     if not w.is_main:
         return None
     return {"file": str(args.file), "dataset": data.name, "method": synset.meta.get("method"),
             "ipc": synset.meta.get("ipc"), "model": model, "epochs": args.epochs, "repeats": args.repeats,
             "precision": args.precision, "augment": config.augment, "augment_groups": args.augment_groups,
-            "compile": args.compile,
+            "compile": args.compile, "workers": args.workers,
             **result.as_dict(), "wall_seconds": round(time.perf_counter() - started, 3),
             **({"world_size": w.size} if w.sharded else {})}
 
@@ -230,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the dataset's)")
     e.add_argument("--augment-groups", choices=GROUP_MODES, default="batch",
                    help="training augmentation: one op group per mini-batch (the reference's) or one per image")
-    shell.add_common(e, seed_help="seed of the first network (network i uses seed + i)", compile=True)
+    shell.add_common(e, seed_help="seed of the first network (network i uses seed + i)", compile=True, workers=True)
 
     m = sub.add_parser("methods", help="list the methods and their options (JSON)")
     m.set_defaults(progress=False)

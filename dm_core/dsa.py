@@ -8,6 +8,12 @@ under the SAME augmentation draw are compared layer by layer; one SGD step on th
 graph; then ``inner_loop`` epochs of training of the network on the whole synthetic set (shuffled mini-batches of
 ``batch_train``, training-mode augmentation), as the reference code does: with 500 synthetic images one epoch is 2
 SGD steps.
+
+Compiling (``compile``, as DM's): the inner loop's training steps go through ``dm_core.compile`` where the work ahead
+pays for the compile (one graph per batch size, shared with ``train_model``'s cost model). The matching step stays
+eager: it differentiates the gradients themselves (``create_graph=True``), and torch.compile's autograd has no double
+backward (torch 2.14 on this project's CPU: "torch.compile with aot_autograd does not currently support double
+backward", after 46 s of compiling).
 """
 from __future__ import annotations
 
@@ -19,12 +25,14 @@ import torch
 import torch.nn.functional as F
 
 from . import augment
+from .compile import architecture_key, check_compile, compiled, forward_flops, give_up, should_compile
 from .data import ImageDataset
 from .engine import LearnConfig, Matcher, condense
 from .nets import has_batchnorm, reinit_
 from .precision import precision_scope
 from .registry import Method, register_method
 from .synset import SyntheticSet
+from .train import forward_loss
 from .validate import check_int, check_number
 
 # (outer_loop, inner_loop) by images per class (docs/method.md section 5).
@@ -56,9 +64,11 @@ class DSAConfig(LearnConfig):
     bn_batch_per_class: int = 16  # real images per class that set the BatchNorm statistics
     outer_loop: int | None = None
     inner_loop: int | None = None
+    compile: str = "auto"  # torch.compile the inner loop's training steps where it pays, "on", "off"
 
     def __post_init__(self):
         super().__post_init__()
+        check_compile(self.compile)
         check_number("lr_net", self.lr_net)
         check_int("batch_train", self.batch_train)
         check_int("bn_batch_per_class", self.bn_batch_per_class)
@@ -103,6 +113,26 @@ class DSAMatcher(Matcher):
         self.steps, self.inner_loop = config.loops(run.data.name)
         self.batchnorm = has_batchnorm(self.net)
         self.labels = run.class_index.repeat_interleave(config.ipc)
+        self.inner_keys = self._inner_keys()
+        self.compiling = self._compile_pays()
+        self.proven = set()  # batch sizes whose compiled step has run once
+
+    def _inner_keys(self) -> dict[int, tuple]:
+        """One compiled training step per batch size the inner loop meets (full batches and a short last one)."""
+        images = self.run.images
+        n, bt = len(images), self.config.batch_train
+        fmt = str(images.dtype), self.device.type, self.config.precision, "dsa-inner"
+        return {b: ("train", architecture_key(self.net), (b, *images.shape[1:]), *fmt)
+                for b in sorted({min(bt, n), n % bt} - {0})}
+
+    def _compile_pays(self) -> bool:
+        """Whether the inner loops of the iterations ahead pay for their graphs (a training step: 3 forward passes)."""
+        if self.inner_loop == 0 or self.steps == 1 or self.config.compile == "off":
+            return False
+        images = self.run.images
+        flops = (3 * forward_flops(self.net, tuple(images.shape[1:]), self.device) * len(images) * self.inner_loop
+                 * (self.steps - 1) * (self.config.iterations - self.run.start))
+        return should_compile(self.config.compile, self.device, list(self.inner_keys.values()), flops)
 
     @property
     def whole_batch(self) -> bool:
@@ -155,11 +185,28 @@ class DSAMatcher(Matcher):
                 xb = synthetic[idx]
                 if self.augmenter is not None:
                     xb = self.augmenter(xb)
-                with precision_scope(self.device, self.config.precision):
-                    inner_loss = F.cross_entropy(net(xb).float(), self.labels[idx])
                 self.optimizer.zero_grad(set_to_none=True)
-                inner_loss.backward()
+                self._inner_step(net, xb, self.labels[idx])
                 self.optimizer.step()
+
+    def _inner_step(self, net, xb: torch.Tensor, yb: torch.Tensor) -> None:
+        """Forward and backward of one inner-loop batch, compiled where that pays; a compile that fails at its
+        first call carries on eagerly under "auto" (as ``train_model``)."""
+        key = self.inner_keys[len(xb)] if self.compiling else None
+        try:
+            with precision_scope(self.device, self.config.precision):
+                loss = (compiled(forward_loss, key) if self.compiling else forward_loss)(net, xb, yb)
+            loss.backward()
+        except Exception as exc:
+            if not self.compiling or len(xb) in self.proven:
+                raise
+            give_up(key, exc, self.config.compile)
+            self.compiling = False
+            self.optimizer.zero_grad(set_to_none=True)
+            with precision_scope(self.device, self.config.precision):
+                loss = forward_loss(net, xb, yb)
+            loss.backward()
+        self.proven.add(len(xb))
 
     def meta(self) -> dict:
         return {"outer_loop": self.steps, "inner_loop": self.inner_loop}

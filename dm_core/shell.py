@@ -80,6 +80,16 @@ def seed(text: str) -> int:
     return value
 
 
+def worker_count(text: str) -> int | str:
+    """``auto`` or a whole number from 1 (``--workers``)."""
+    if text == "auto":
+        return text
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected auto or a whole number from 1, got {text!r}") from None
+
+
 def option(text: str) -> tuple[str, object]:
     """KEY=VALUE (or METHOD.KEY=VALUE), VALUE read as a Python literal when it is one (64, 0.5, None, 'x'), else
     kept as text."""
@@ -96,10 +106,11 @@ def option(text: str) -> tuple[str, object]:
 
 def add_common(p: argparse.ArgumentParser, *, dataset: str | None = None, device: bool = True,
                seed_help: str | None = "seed of every random draw", threads: bool = True, compile: bool = False,
-               progress: bool = True) -> None:
+               progress: bool = True, workers: bool = False) -> None:
     """The flags every command that computes shares, with one meaning each.
 
-    ``dataset``: the --dataset help (None: the command takes no --dataset); ``seed_help`` None: no --seed.
+    ``dataset``: the --dataset help (None: the command takes no --dataset); ``seed_help`` None: no --seed;
+    ``workers``: the command trains several networks from scratch (``dm_core.many.train_many``).
     """
     if dataset is not None:
         p.add_argument("--dataset", help=dataset)
@@ -114,6 +125,12 @@ def add_common(p: argparse.ArgumentParser, *, dataset: str | None = None, device
         p.add_argument("--compile", choices=COMPILE_MODES, default="auto",
                        help="torch.compile the networks: auto (only where the work ahead pays for the compile "
                             "time), on, off")
+    if workers:
+        p.add_argument("--workers", type=worker_count, default="auto", metavar="N",
+                       help="networks trained at once: auto (what the machine has: worker processes of one thread "
+                            "per CPU core, stacked networks on a GPU) or N; 1 trains them one after another in this "
+                            "process. Each network's result depends on its seed, not on this (up to float rounding: "
+                            "one-thread workers round as --threads 1 does, stacked networks as batched kernels do)")
     if threads:
         p.add_argument("--threads", type=positive_int, help="CPU threads of torch (default: torch's choice)")
     if progress:

@@ -250,7 +250,7 @@ def test_8_a_cuda_memory_without_cuda_is_refused_when_made(cl, method):
     with pytest.raises(DMError, match="CUDA is not available here") as refused:
         cl.CondensedMemory(method, ipc=2, device="cuda")
     assert "--device" not in str(refused.value)
-    with pytest.raises(DMError, match="unknown device"):
+    with pytest.raises(DMError, match="unsupported device 'gpu'"):
         cl.CondensedMemory(method, ipc=2, device="gpu")
 
 

@@ -50,7 +50,9 @@ def test_every_method_condenses_with_my_network(digits, method, options):
     budget = {} if method == "herding" else {"iterations": 2, "batch_real": 8}
     synset = make_set(method, digits, 1, classes=[3, 8], device="cpu", progress=False, model=MyNet(), **budget,
                       **options)
-    assert synset.labels.tolist() == [3, 8] and torch.isfinite(synset.images).all()
+    tiles = synset.meta.get("factor", 1) ** 2  # m3d and idm store factor x factor mosaics, expanded (their default 2)
+    assert synset.labels.tolist() == [3] * tiles + [8] * tiles and torch.isfinite(synset.images).all()
+    assert tiles == (4 if method in ("m3d", "idm") else 1)
     assert synset.meta["model"] == "custom:MyNet"
 
 

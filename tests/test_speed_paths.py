@@ -4,7 +4,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dm_core import DMConfig, DMError, TrainConfig, augment, build_model, condense_dm, reinit_, train_model
+from dm_core import (
+    DMConfig,
+    DMError,
+    DSAConfig,
+    TrainConfig,
+    augment,
+    build_model,
+    condense_dm,
+    condense_dsa,
+    reinit_,
+    train_model,
+)
 from dm_core import compile as dm_compile
 from dm_core.augment import groups_generator
 from dm_core.device import make_generator
@@ -137,13 +148,16 @@ def test_compile_decision_follows_the_cost_model(monkeypatch):
 
 def test_short_runs_stay_eager(digits, monkeypatch):
     """The tests' (and users') small runs never pay a compile."""
+    import dm_core.dsa
     import dm_core.engine
     import dm_core.train
 
-    for module in (dm_core.engine, dm_core.train):
+    for module in (dm_core.engine, dm_core.train, dm_core.dsa):
         monkeypatch.setattr(module, "compiled", lambda *a: pytest.fail("compiled a short run"))
     condense_dm(digits, DMConfig(ipc=1, iterations=3, batch_real=8, model="convnet-w8"), classes=[0, 1],
                 device="cpu", progress=False)
+    condense_dsa(digits, DSAConfig(ipc=1, iterations=2, batch_real=8, model="convnet-w8", outer_loop=2,
+                                   inner_loop=1), classes=[0, 1], device="cpu", progress=False)
     net = build_model("convnet-w8", 1, 10, (16, 16))
     train_model(net, digits.x_train[:64], digits.y_train[:64], TrainConfig(epochs=2, batch_size=32), device="cpu")
 
@@ -194,6 +208,32 @@ def test_compiled_training_matches_eager_training(digits):
     assert abs(accuracies["on"] - accuracies["off"]) <= 0.03
     for a, b in zip(nets["off"].parameters(), nets["on"].parameters()):
         torch.testing.assert_close(a, b, atol=2e-3, rtol=2e-2)
+
+
+def test_dsa_compiles_its_inner_loop_where_it_pays(digits, monkeypatch):
+    """DSA asks the cost model about its inner loop's training steps (not its matching step) with the FLOPs of the
+    iterations ahead, and "off" never compiles."""
+    import dm_core.dsa
+
+    asked = []
+    monkeypatch.setattr(dm_core.dsa, "should_compile", lambda mode, device, keys, flops: asked.append(
+        (mode, [k[0] for k in keys], flops)) or False)
+    config = dict(ipc=2, batch_real=8, model="convnet-w8", outer_loop=3, inner_loop=2)
+    for iterations in (1, 2):
+        condense_dsa(digits, DSAConfig(iterations=iterations, **config), classes=[0, 1], device="cpu",
+                     progress=False)
+    assert [(m, k) for m, k, _ in asked] == [("auto", ["train"]), ("auto", ["train"])]
+    assert asked[1][2] == 2 * asked[0][2] > 0  # twice the iterations, twice the work
+    with pytest.raises(DMError, match="compile mode"):
+        DSAConfig(compile="yes")
+
+
+@needs_compiler
+def test_compiled_dsa_matches_eager_dsa(digits):
+    config = dict(ipc=2, iterations=2, batch_real=8, model="convnet-d1-w4", outer_loop=2, inner_loop=2, seed=0)
+    eager = condense_dsa(digits, DSAConfig(**config, compile="off"), classes=[0, 1, 2], device="cpu", progress=False)
+    fast = condense_dsa(digits, DSAConfig(**config, compile="on"), classes=[0, 1, 2], device="cpu", progress=False)
+    torch.testing.assert_close(fast.images, eager.images, atol=1e-4, rtol=1e-4)
 
 
 @needs_compiler
