@@ -36,7 +36,7 @@ import threading
 import time
 import warnings
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -201,8 +201,12 @@ def choose_mode(jobs: Sequence[TrainJob], device: torch.device, workers: int) ->
 
 
 def train_many(jobs: Sequence[TrainJob], device: str | torch.device = "auto", workers: int | str = "auto",
-               progress: bool = False, mode: str = "auto", desc: str = "train") -> list[JobResult]:
+               progress: bool = False, mode: str = "auto", desc: str = "train",
+               on_result: Callable[[int, JobResult], None] | None = None) -> list[JobResult]:
     """Run ``jobs`` and return their results in job order, as K ``run_job`` calls would.
+
+    ``on_result(index, result)`` is called in this process as each job finishes (in finishing order), so a caller can
+    record finished work before the rest is done: an interrupt then loses only the jobs still running.
 
     ``workers``: ``auto`` (what the machine has) or N, the most jobs that run at once (CPU: worker processes of one
     thread each; CUDA: networks stacked at once); 1 runs them one after another in this process. ``mode`` forces a
@@ -220,22 +224,35 @@ def train_many(jobs: Sequence[TrainJob], device: str | torch.device = "auto", wo
     if mode == "auto":
         mode = choose_mode(jobs, device, count)
     bar = tqdm(total=len(jobs), desc=desc, disable=not progress, dynamic_ncols=True)
+    done = _Finished(bar, on_result)
     try:
         if mode == "processes":
             unsent, needs_main = _pickling(jobs)
             if unsent is None:
-                return _run_processes(jobs, device, min(count, len(jobs)), bar, needs_main)
+                return _run_processes(jobs, device, min(count, len(jobs)), done, needs_main)
             warnings.warn(f"{unsent}: training in this process instead of worker processes", RuntimeWarning,
                           stacklevel=2)
         if mode == "stacked":
-            return _run_stacked(jobs, device, MAX_STACK if workers == "auto" else count, bar)
+            return _run_stacked(jobs, device, MAX_STACK if workers == "auto" else count, done)
         results = []
-        for job in jobs:
+        for index, job in enumerate(jobs):
             results.append(run_job(job, device))
-            bar.update()
+            done(index, results[-1])
         return results
     finally:
         bar.close()
+
+
+class _Finished:
+    """What happens in this process when a job has finished: the progress bar moves, the caller hears of it."""
+
+    def __init__(self, bar, on_result: Callable[[int, JobResult], None] | None):
+        self.bar, self.on_result = bar, on_result
+
+    def __call__(self, index: int, result: JobResult) -> None:
+        if self.on_result is not None:
+            self.on_result(index, result)
+        self.bar.update()
 
 
 def _pickling(jobs: Sequence[TrainJob]) -> tuple[str | None, bool]:
@@ -302,6 +319,19 @@ def _exit_with_parent(alive) -> None:
     os._exit(1)
 
 
+@contextmanager
+def _signal_blocked(signum: int):
+    """Hold back ``signum`` (delivered on leaving) where the platform can; elsewhere do nothing."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signum})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+
+
 def _worker(conn, alive, device: str) -> None:
     """A worker: one torch thread; jobs in, results out, until told to stop or the parent is gone."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
@@ -314,7 +344,11 @@ def _worker(conn, alive, device: str) -> None:
     threading.Thread(target=_exit_with_parent, args=(alive,), daemon=True).start()
     while True:
         try:
-            item = conn.recv()
+            conn.poll(None)
+            # A job's tensors arrive as file descriptors fetched from the parent in a handshake: a worker ended
+            # mid-handshake makes the parent's sharing thread print a traceback, so SIGTERM waits until it is done.
+            with _signal_blocked(signal.SIGTERM):
+                item = conn.recv()
         except (EOFError, OSError):
             return
         if item is None:
@@ -367,7 +401,8 @@ class _Pool:
             alive.close()
 
 
-def _run_processes(jobs: list[TrainJob], device: torch.device, count: int, bar, needs_main: bool) -> list[JobResult]:
+def _run_processes(jobs: list[TrainJob], device: torch.device, count: int, done: _Finished,
+                   needs_main: bool) -> list[JobResult]:
     results: list[JobResult | None] = [None] * len(jobs)
     pending = deque(enumerate(jobs))
     busy: dict[int, int] = {}  # worker number -> job index
@@ -419,9 +454,9 @@ def _run_processes(jobs: list[TrainJob], device: torch.device, count: int, bar, 
                 _, index, result = message
                 results[index] = result
                 del busy[w]
-                bar.update()
-                if pending:
+                if pending:  # the worker gets its next job before the caller records this one
                     give(w)
+                done(index, result)
         graceful = True
     finally:
         pool.close(graceful)
@@ -437,7 +472,7 @@ def _stack_key(job: TrainJob, net: nn.Module) -> tuple:
             job.curve_every)
 
 
-def _run_stacked(jobs: list[TrainJob], device: torch.device, limit: int, bar) -> list[JobResult]:
+def _run_stacked(jobs: list[TrainJob], device: torch.device, limit: int, done: _Finished) -> list[JobResult]:
     results: list[JobResult | None] = [None] * len(jobs)
     nets = [build_network(job, device) for job in jobs]
     groups: dict[tuple, list[int]] = {}
@@ -447,12 +482,12 @@ def _run_stacked(jobs: list[TrainJob], device: torch.device, limit: int, bar) ->
         for start in range(0, len(members), limit):
             chunk = members[start:start + limit]
             if len(chunk) == 1:  # nothing to stack with: the sequential path
-                results[chunk[0]] = run_job(jobs[chunk[0]], device)
+                outcome = [run_job(jobs[chunk[0]], device)]
             else:
-                for i, result in zip(chunk, _train_stack([jobs[i] for i in chunk], [nets[i] for i in chunk],
-                                                         device)):
-                    results[i] = result
-            bar.update(len(chunk))
+                outcome = _train_stack([jobs[i] for i in chunk], [nets[i] for i in chunk], device)
+            for i, result in zip(chunk, outcome):
+                results[i] = result
+                done(i, result)
     return results
 
 

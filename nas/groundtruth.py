@@ -21,6 +21,7 @@ from dm_core import ConvNetSpec, DMError, TrainConfig, resolve_device, shell
 from dm_core.augment import parse_strategy as check_augment
 from dm_core.compile import check_compile
 from dm_core.io import check_folder, work_key, work_lock
+from dm_core.many import check_workers
 from dm_core.precision import PRECISIONS, check_precision
 from dm_core.validate import check_seed
 
@@ -48,6 +49,7 @@ class GroundTruthConfig:
     seed: int = 0
     precision: str = "fp32"  # TrainConfig.precision: fp32 (the reference) or bf16
     compile: str = "auto"  # torch.compile each training: auto (where its iterations pay for the compile), on, off
+    workers: int | str = "auto"  # trainings at once (dm_core.train_many); results do not depend on it
     device: str = "auto"
     data_root: str | None = None
     progress: bool = True
@@ -64,6 +66,7 @@ class GroundTruthConfig:
         check_seed(self.seed)
         check_precision(self.precision)
         check_compile(self.compile)
+        check_workers(self.workers)
         if self.augment is not None and self.augment != "none":
             check_augment(self.augment)
         if self.all:
@@ -93,7 +96,7 @@ def _run(config: GroundTruthConfig) -> tuple[dict[str, float], TrainTask]:
     device = resolve_device(config.device)
     run = RunDir(Path(config.out))
     check_folder(run.path)
-    settings = {k: v for k, v in asdict(config).items() if k not in ("progress", "device")}
+    settings = {k: v for k, v in asdict(config).items() if k not in ("progress", "device", "workers")}
     with work_lock(run.path / f".lock-{work_key(settings)}", f"this ground truth of {run.path}"):
         return _train(config, device, run)
 
@@ -120,9 +123,8 @@ def _train(config: GroundTruthConfig, device, run: RunDir) -> tuple[dict[str, fl
     with tqdm(total=len(specs) * config.repeats, desc="ground truth", unit="trial", disable=not config.progress,
               dynamic_ncols=True) as bar:
         evaluator = ArchitectureEvaluator(task, store, config.repeats, config.seed, device,
-                                          on_repeat=lambda record, reused: bar.update(1))
-        for spec in specs:
-            evaluator.records(spec)
+                                          on_repeat=lambda record, reused: bar.update(1), workers=config.workers)
+        evaluator.run_all(specs)
     rows = store.frame()
     mine = rows[rows["arch"].isin({s.name for s in specs}) & (rows["budget"] == task.budget)]
     return mean_scores(mine, "test_acc"), task
@@ -158,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training precision: fp32 (the reference) or bf16 autocast")
     p.add_argument("--data-root", help="folder of the datasets (default: $DM_DATA_ROOT, else ./data); the dataset "
                                        "is the run folder's")
-    shell.add_common(p, seed_help="repeat r of every architecture trains from SEED + r (default: 0)", compile=True)
+    shell.add_common(p, seed_help="repeat r of every architecture trains from SEED + r (default: 0)", compile=True,
+                     workers=True)
     return p
 
 

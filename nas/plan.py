@@ -21,6 +21,7 @@ import torch
 from dm_core import DMError, TrainConfig, get_method, list_methods, resolve_device
 from dm_core.augment import parse_strategy as check_augment
 from dm_core.compile import check_compile
+from dm_core.many import check_workers
 from dm_core.precision import check_precision
 from dm_core.validate import check_seed
 
@@ -72,6 +73,7 @@ class SearchConfig:
     oneshot_epochs: int | None = None  # supernet training epochs of a one-shot strategy; None: epochs
     precision: str = "fp32"  # each trial's training and evaluation: fp32 (the reference) or bf16 autocast
     compile: str = "auto"  # torch.compile each trial's training: auto (where its steps pay the compile), on, off
+    workers: int | str = "auto"  # a trial's repeats trained at once (dm_core.train_many); results do not depend on it
     progress: bool = True
 
     def resolve(self) -> SearchPlan:
@@ -87,6 +89,7 @@ class SearchConfig:
         assessor = parse_assessor(self.assessor)
         check_precision(self.precision)
         check_compile(self.compile)
+        check_workers(self.workers)
         if self.augment is not None and self.augment != "none":
             check_augment(self.augment)
         if self.execution not in EXECUTIONS:
@@ -235,4 +238,4 @@ def make_evaluator(plan: SearchPlan, task: TrainTask,
                 if plan.assessor is not None else None)
     return ArchitectureEvaluator(task, TrialStore(plan.run.results), plan.config.repeats, plan.config.seed,
                                  plan.device, on_repeat=on_repeat, report_every=plan.report_every, curves=curves,
-                                 assessor=assessor)
+                                 assessor=assessor, workers=plan.config.workers)

@@ -37,7 +37,7 @@ def run_search(config: SearchConfig) -> SearchSummary:
     seed or space) run beside it and share the folder's tables."""
     plan = config.resolve()
     check_folder(plan.run.path)
-    ignored = ("progress", "device", "port", "concurrency", "execution", "training_service")
+    ignored = ("progress", "device", "workers", "port", "concurrency", "execution", "training_service")
     settings = {k: v for k, v in asdict(config).items() if k not in ignored}
     with work_lock(plan.run.path / f".lock-{work_key(settings)}", f"this search of {plan.run.path}"):
         return _search(plan, config)
@@ -152,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="supernet training epochs of a one-shot strategy (default: --epochs)")
     shell.add_common(p, dataset="a dm_core dataset (cifar10, mnist, digits, ...)",
                      seed_help="seed of the proxy set and the strategy; repeat r of every architecture trains from "
-                               "SEED + r (default: 0)", compile=True)
+                               "SEED + r (default: 0)", compile=True, workers=True)
     p.set_defaults(dataset=d.dataset)
     return p
 

@@ -20,6 +20,7 @@ from torch import nn
 
 from dm_core import ConvNetSpec, TrainConfig, build_model, evaluate_accuracy, reinit_, train_model
 from dm_core.augment import DEFAULT_STRATEGY
+from dm_core.many import JobResult, TrainJob, train_many
 from dm_core.train import RECIPE
 
 from .assessor import FINISHED, STOPPED, Curve, CurveStore, TrialAssessor
@@ -100,6 +101,23 @@ def train_architecture(spec: ConvNetSpec, task: TrainTask, repeat: int, seed: in
                        precision, task.config.strategy)
 
 
+def trial_job(spec: ConvNetSpec, task: TrainTask, repeat: int, seed: int, model: nn.Module | None = None,
+              curve_every: int = 0) -> TrainJob:
+    """One repeat as a ``dm_core.many`` job: what ``train_architecture`` does, run wherever ``train_many`` puts it
+    (validation accuracy first, then the test accuracy when the task has a test set)."""
+    tests = ((task.x_val, task.y_val),) + (((task.x_test, task.y_test),) if task.x_test is not None else ())
+    return TrainJob(spec if model is None else model, task.x, task.y, task.config, repeat_seed(seed, repeat), tests,
+                    num_classes=task.num_classes, curve_every=curve_every)
+
+
+def job_record(spec: ConvNetSpec, task: TrainTask, repeat: int, seed: int, result: JobResult) -> TrialRecord:
+    """The trial store's row of a finished job (its seconds count its training and both passes)."""
+    test_acc = result.accuracies[1] if len(result.accuracies) > 1 else None
+    return TrialRecord(task.label, spec.name, spec.depth, spec.width, spec.act, spec.norm, spec.pool, repeat,
+                       repeat_seed(seed, repeat), task.budget, len(task.x), task.train_iterations, result.accuracies[0],
+                       test_acc, result.seconds, task.config.precision, task.config.strategy)
+
+
 class _Stop(Exception):
     """Raised from the epoch callback when the assessor rejects the curve so far."""
 
@@ -126,11 +144,18 @@ class ArchitectureEvaluator:
     plain ConvNetSpec. ``on_repeat`` (e.g. a progress bar's update) is called once per repeat, trained or reused.
     ``report_every`` > 0: every that many epochs the validation accuracy goes to NNI as an intermediate result and
     into ``curves``; ``assessor`` then judges the first repeat's curve after each point.
+
+    Repeats that need no watching train together through ``dm_core.train_many`` (``workers``: auto, or at most N at
+    once; 1 one after another): every repeat when there is no assessor, the repeats after the first when there is
+    (the first is watched epoch by epoch, in this process). A repeat's record depends on its seed, not on
+    ``workers`` (up to float rounding: one-thread workers round as one thread does). ``run_all`` trains the missing
+    repeats of many architectures together (the ground truth).
     """
 
     def __init__(self, task: TrainTask, store: TrialStore, repeats: int, seed: int, device: torch.device | str,
                  on_repeat: Callable[[TrialRecord, bool], None] | None = None, report_every: int = 0,
-                 curves: CurveStore | None = None, assessor: TrialAssessor | None = None):
+                 curves: CurveStore | None = None, assessor: TrialAssessor | None = None,
+                 workers: int | str = "auto"):
         if (report_every > 0 or assessor is not None) and curves is None:
             raise ValueError("intermediate results need a CurveStore")
         if assessor is not None and report_every < 1:
@@ -144,6 +169,7 @@ class ArchitectureEvaluator:
         self.report_every = report_every
         self.curves = curves
         self.assessor = assessor
+        self.workers = workers
 
     def recorded(self, spec: ConvNetSpec) -> TrialResult | None:
         """The result of an architecture that needs no training (every repeat recorded, or stopped by this
@@ -166,29 +192,78 @@ class ArchitectureEvaluator:
             if stopped is not None:  # stopped by this assessor in an earlier run: not trained again
                 return TrialResult([], stopped)
         done = self.store.done(label, spec.name, budget)
-        records = []
+        records: dict[int, TrialRecord] = {}
+        missing = [r for r in range(self.repeats) if repeat_seed(self.seed, r) not in done]
+        if self.assessor is not None and 0 in missing:  # the first repeat is watched: it may stop the trial
+            judge = self.assessor
+            judge.learn(self.curves.finished_first_repeats(label, budget, every))
+            curve: list[float] = []
+            try:
+                records[0] = train_architecture(spec, self.task, 0, self.seed, self.device, model,
+                                                on_epoch=self._monitor(spec, curve, judge))
+            except _Stop:
+                stopped = Curve(label, spec.name, budget, 0, every, STOPPED, judge.name, tuple(curve))
+                self.curves.add(stopped)
+                return TrialResult([], stopped)
+            self.store.add(records[0])
+            self.curves.add(Curve(label, spec.name, budget, 0, every, FINISHED, "", tuple(curve)))
+            missing.remove(0)
+        trained = self._train([(spec, r, model) for r in missing])
+        for repeat in sorted(trained):  # NNI hears each repeat's curve, in repeat order, once it has finished
+            for point in trained[repeat][1]:
+                nni.report_intermediate_result(point)
+        records.update({repeat: record for repeat, (record, _) in trained.items()})
+        result = []
         for repeat in range(self.repeats):
-            record, reused = done.get(repeat_seed(self.seed, repeat)), True
-            if record is None:
-                curve: list[float] = []
-                judge = self.assessor if repeat == 0 else None
-                if judge is not None:
-                    judge.learn(self.curves.finished_first_repeats(label, budget, every))
-                try:
-                    record = train_architecture(spec, self.task, repeat, self.seed, self.device, model,
-                                                on_epoch=self._monitor(spec, curve, judge) if every else None)
-                except _Stop:
-                    stopped = Curve(label, spec.name, budget, repeat, every, STOPPED, judge.name, tuple(curve))
-                    self.curves.add(stopped)
-                    return TrialResult([], stopped)
-                reused = False
-                self.store.add(record)
-                if every:
-                    self.curves.add(Curve(label, spec.name, budget, repeat, every, FINISHED, "", tuple(curve)))
-            records.append(record)
+            record = records.get(repeat) or done[repeat_seed(self.seed, repeat)]
+            result.append(record)
             if self.on_repeat is not None:
-                self.on_repeat(record, reused)
-        return TrialResult(records)
+                self.on_repeat(record, repeat not in records)
+        return TrialResult(result)
+
+    def run_all(self, specs: list[ConvNetSpec]) -> None:
+        """Train and record every missing repeat of ``specs`` (no assessor, no curves: the ground truth), as many at
+        once as ``workers`` allows; ``on_repeat`` hears of each reused repeat, then of each trained one as it
+        finishes."""
+        if self.assessor is not None or self.report_every:
+            raise ValueError("run_all trains without an assessor or intermediate results")
+        todo = []
+        for spec in specs:
+            done = self.store.done(self.task.label, spec.name, self.task.budget)
+            for repeat in range(self.repeats):
+                record = done.get(repeat_seed(self.seed, repeat))
+                if record is None:
+                    todo.append((spec, repeat, None))
+                elif self.on_repeat is not None:
+                    self.on_repeat(record, True)
+        self._train(todo, on_record=None if self.on_repeat is None else lambda r: self.on_repeat(r, False))
+
+    def _train(self, todo: list[tuple[ConvNetSpec, int, nn.Module | None]],
+               on_record: Callable[[TrialRecord], None] | None = None) -> dict[int, tuple[TrialRecord, list[float]]]:
+        """Train (spec, repeat, model) items through ``train_many``, recording each (and its curve, with
+        intermediate results) as soon as it finishes; {repeat: (record, curve)} of the items."""
+        every = self.report_every
+        jobs = [trial_job(spec, self.task, repeat, self.seed, model, every) for spec, repeat, model in todo]
+        trained: dict[int, tuple[TrialRecord, list[float]]] = {}
+
+        def finished(index: int, result: JobResult) -> None:
+            spec, repeat, _ = todo[index]
+            record = job_record(spec, self.task, repeat, self.seed, result)
+            self.store.add(record)
+            curve = []
+            if every:
+                curve = [accuracy for _, accuracy in result.curve]
+                if self.task.passes % every:  # the last pass is a point too: the final validation accuracy
+                    curve.append(record.val_acc)
+                self.curves.add(Curve(self.task.label, spec.name, self.task.budget, repeat, every, FINISHED, "",
+                                      tuple(curve)))
+            trained[repeat] = (record, curve)
+            if on_record is not None:
+                on_record(record)
+
+        if jobs:
+            train_many(jobs, self.device, self.workers, on_result=finished)
+        return trained
 
     def _monitor(self, spec: ConvNetSpec, curve: list[float], judge: TrialAssessor | None):
         task = self.task

@@ -150,25 +150,35 @@ def test_precision_and_compile_flags_reach_every_trial(tmp_path, monkeypatch, ca
     assert seen == [("bf16", "off")] * len(records)
 
 
+def one_by_one(seen: list, stop_after: int | None = None):
+    """A ``train_many`` that trains its jobs one call at a time, noting each job in ``seen`` (and raising
+    KeyboardInterrupt, as Ctrl-C would, instead of the job after ``stop_after``)."""
+    from dm_core.many import train_many as real
+
+    def train_many(jobs, *args, on_result=None, **kwargs):
+        results = []
+        for i, job in enumerate(jobs):
+            if stop_after is not None and len(seen) == stop_after:
+                raise KeyboardInterrupt
+            seen.append(job)
+            results += real([job], *args, on_result=None if on_result is None else
+                            (lambda _, result, i=i: on_result(i, result)), **kwargs)
+        return results
+
+    return train_many
+
+
 def test_search_resumes_without_redoing_finished_trials(tmp_path, monkeypatch):
     reference = read_records(run_search(tiny_search(tmp_path / "fresh")).results)
 
     calls = []
-    real = trial_mod.train_architecture
-
-    def interrupted(*args, **kwargs):
-        if len(calls) == 3:
-            raise KeyboardInterrupt  # the 4th training is killed
-        calls.append(args[0].name)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(trial_mod, "train_architecture", interrupted)
+    monkeypatch.setattr(trial_mod, "train_many", one_by_one(calls, stop_after=3))  # the 4th training is killed
     with pytest.raises(KeyboardInterrupt):
         run_search(tiny_search(tmp_path / "run"))
     assert len(read_records(tmp_path / "run" / "results.csv")) == 3
 
     calls.clear()
-    monkeypatch.setattr(trial_mod, "train_architecture", lambda *a, **k: calls.append(a[0].name) or real(*a, **k))
+    monkeypatch.setattr(trial_mod, "train_many", one_by_one(calls))
     run_search(tiny_search(tmp_path / "run"))
     assert len(calls) == len(reference) - 3
     resumed = read_records(tmp_path / "run" / "results.csv")
@@ -183,16 +193,14 @@ def test_search_resumes_without_redoing_finished_trials(tmp_path, monkeypatch):
 def test_another_seed_trains_its_own_trials_and_shares_the_common_ones(tmp_path, monkeypatch):
     """Repeat r of a search with --seed s is the training with seed s + r: a search with another seed into the same
     run directory reuses only the trainings with the same seed, never a row trained from another seed."""
-    real, seeds = trial_mod.train_architecture, []
-    monkeypatch.setattr(trial_mod, "train_architecture",
-                        lambda spec, task, repeat, seed, *a, **k: seeds.append(seed + repeat) or
-                        real(spec, task, repeat, seed, *a, **k))
+    jobs = []
+    monkeypatch.setattr(trial_mod, "train_many", one_by_one(jobs))
     run_search(tiny_search(tmp_path / "run", space="depth=1;width=32;act=relu;norm=none;pool=avgpool"))
-    assert seeds == [0, 1]
-    seeds.clear()
+    assert [job.seed for job in jobs] == [0, 1]
+    jobs.clear()
     summary = run_search(tiny_search(tmp_path / "run", space="depth=1;width=32;act=relu;norm=none;pool=avgpool",
                                      seed=1))
-    assert seeds == [2]  # trial seed 1 was trained by the first search; 2 is new
+    assert [job.seed for job in jobs] == [2]  # trial seed 1 was trained by the first search; 2 is new
     records = read_records(tmp_path / "run" / "results.csv")
     assert sorted(r.seed for r in records) == [0, 1, 2]  # one row per training, none overwritten
     by_seed = {r.seed: r.val_acc for r in records}
@@ -386,15 +394,17 @@ def test_a_training_service_file_nni_rejects_is_one_clear_error(tmp_path):
         build_experiment(plan, space, strategy=None)
 
 
+def augments(jobs: list) -> list[str]:
+    return [job.config.augment for job in jobs]
+
+
 # --- one command shell: the JSON line, --augment ---------------------------------------------------------------------
 
 def test_both_commands_end_with_one_json_line_and_augment_reaches_every_training(tmp_path, monkeypatch, capsys):
     """--augment is the DSA strategy of every training (search trials and ground truth), recorded in each row and
     in the budget (a row trained otherwise never stands in); the last stdout line is the command's JSON object."""
-    seen = []
-    real = trial_mod.train_model
-    monkeypatch.setattr(trial_mod, "train_model", lambda net, x, y, config, **k: seen.append(config.augment) or
-                        real(net, x, y, config, **k))
+    jobs = []
+    monkeypatch.setattr(trial_mod, "train_many", one_by_one(jobs))
     out = tmp_path / "run"
     argv = ["--dataset", "digits", "--space", "micro", "--proxy", "random3", "--epochs", "1", "--repeats", "1",
             "--device", "cpu", "--out", str(out), "--no-progress"]
@@ -405,15 +415,15 @@ def test_both_commands_end_with_one_json_line_and_augment_reaches_every_training
     assert (last["augment"], last["budget"], last["optimize_mode"], last["stopped_early"]) == \
         ("none", "e1-b250-aug-none" + RECIPE, "maximize", 0)
     assert last["best"] in {s.name for s in NAMED_SPACES["micro"].specs()} and 0 <= last["best_val_percent"] <= 100
-    assert last["results"] == str(out / "results.csv") and seen == ["none"] * 4
+    assert last["results"] == str(out / "results.csv") and augments(jobs) == ["none"] * 4
     assert search_main(argv) == 0  # the dataset's strategy: trained again, under its own budget
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["budget"] == "e1-b250" + DIGITS + RECIPE
     rows = read_records(out / "results.csv")
     full = ("color_crop_cutout_scale_rotate", "e1-b250" + DIGITS + RECIPE)
     assert sorted((r.augment, r.budget) for r in rows) == [full] * 4 + [("none", "e1-b250-aug-none" + RECIPE)] * 4
-    assert seen[4:] == ["color_crop_cutout_scale_rotate"] * 4
+    assert augments(jobs)[4:] == ["color_crop_cutout_scale_rotate"] * 4
 
-    seen.clear()
+    jobs.clear()
     assert groundtruth_main(["--out", str(out), "--top-fraction", "0.25", "--train-iterations", "6", "--repeats",
                              "1", "--augment", "crop_flip", "--device", "cpu", "--no-progress"]) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -421,5 +431,6 @@ def test_both_commands_end_with_one_json_line_and_augment_reaches_every_training
     assert (last["budget"], last["augment"], last["repeats"]) == ("it6-b250-aug-crop_flip" + RECIPE, "crop_flip", 1)
     truth = read_records(out / "groundtruth.csv")
     targets = groundtruth_targets(read_records(out / "results.csv"), 0.25)  # the top of each of the two budgets
-    assert len(truth) == last["architectures"] == len(seen) == len(targets) and {r.arch for r in truth} == set(targets)
-    assert all(r.augment == "crop_flip" and r.train_iterations == 6 for r in truth) and set(seen) == {"crop_flip"}
+    assert len(truth) == last["architectures"] == len(jobs) == len(targets) and {r.arch for r in truth} == set(targets)
+    assert all(r.augment == "crop_flip" and r.train_iterations == 6 for r in truth)
+    assert set(augments(jobs)) == {"crop_flip"}

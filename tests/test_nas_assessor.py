@@ -55,6 +55,8 @@ def test_medianstop_stops_weak_trials_and_a_rerun_neither_trains_nor_ranks_them(
     calls = []
     real = trial_mod.train_architecture
     monkeypatch.setattr(trial_mod, "train_architecture", lambda *a, **k: calls.append(a[0].name) or real(*a, **k))
+    many = trial_mod.train_many  # the repeats after the first train there
+    monkeypatch.setattr(trial_mod, "train_many", lambda jobs, *a, **k: calls.extend(jobs) or many(jobs, *a, **k))
     again = run_search(search(tmp_path / "run", assessor="Medianstop", assessor_start=1))
     assert calls == [] and again.ranking == summary.ranking and again.stopped == summary.stopped
 
