@@ -14,6 +14,7 @@ from dm_core import resolve_device as check_device  # one device rule, dm_core's
 from dm_core.augment import DEFAULT_STRATEGY, default_strategy, parse_strategy
 from dm_core.compile import check_compile
 from dm_core.io import check_folder, file_lock
+from dm_core.many import check_workers
 from dm_core.precision import PRECISIONS
 from dm_core.registry import get_method, list_methods
 from dm_core.train import RECIPE
@@ -45,7 +46,9 @@ class ContinualConfig:
     ``augment`` the augmentation strategy of the training and of the builders that augment (ops joined by "_", or
     "none"; None: the dataset's, ``dm_core.augment.default_strategy``); ``compile`` ("auto", "on", "off") whether
     they are compiled (it changes the speed, not what a result means). ``loggers`` are Avalanche's loggers of the
-    evaluations: "text" into log.txt, "csv" and "tensorboard" under logs/.
+    evaluations: "text" into log.txt, "csv" and "tensorboard" under logs/. ``workers`` ("auto" or N) bounds how
+    many class orders (with their repeats) run at once on a CPU, each in a worker process of one torch thread; the
+    rows do not depend on it.
     """
 
     out: Path = Path("runs/continual")
@@ -67,6 +70,7 @@ class ContinualConfig:
     loggers: tuple[str, ...] = ("text",)
     device: str = "auto"
     threads: int | None = None
+    workers: int | str = "auto"
     progress: bool = True
 
     @property
@@ -114,6 +118,7 @@ def _check_fields(config: ContinualConfig) -> None:
     if config.augment is not None and config.augment != "none":
         parse_strategy(config.augment)
     check_compile(config.compile)
+    check_workers(config.workers)
     bad = [name for name in config.loggers if name not in LOGGERS]
     if bad or not config.loggers:
         raise DMError(f"unknown logger {', '.join(bad) or '(none)'}: use a comma-separated list of "

@@ -18,6 +18,8 @@ Run directory::
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import re
 import time
@@ -29,7 +31,9 @@ from tqdm.auto import tqdm
 
 from dm_core import ImageDataset, TrainConfig, build_model, make_generator, reinit_
 from dm_core import resolve_device as check_device  # one device rule, dm_core's
+from dm_core.distributed import world
 from dm_core.io import work_key, work_lock
+from dm_core.many import resolve_workers, run_in_workers
 
 from .benchmark import class_order, make_benchmark
 from .config import ContinualConfig, prepare, store_settings
@@ -110,7 +114,8 @@ def run_continual(config: ContinualConfig, data: ImageDataset | None = None) -> 
     out = Path(config.out)
     # an identical command into the same folder (same methods, seeds, repeats, protocol) waits for nothing: it is
     # refused at once, naming this one; other commands into the folder (other methods or seeds) run beside it
-    settings = {k: v for k, v in config.to_json().items() if k not in ("progress", "threads", "loggers", "device")}
+    settings = {k: v for k, v in config.to_json().items()
+                if k not in ("progress", "threads", "loggers", "device", "workers")}
     with work_lock(out / f".lock-{work_key(settings)}", f"this run of {out}"):
         return _run(config, data, out)
 
@@ -119,14 +124,54 @@ def _run(config: ContinualConfig, data: ImageDataset, out: Path) -> Path:
     store_settings(config)
     device = check_device(config.device)
     table = ResultsTable(out / "results.csv")
+    units = [(m, s, r) for m in config.methods for s in config.seeds for r in range(config.repeats)]
+    todo = [(m, s, r) for m, s, r in units
+            if not all(table.done(m, config.steps, s, r, t) for t in range(config.steps))]
+    # a class order's repeats share its memory files: they run one after another, in one worker
+    orders: dict[tuple[str, int], list[tuple[str, int, int]]] = {}
+    for unit in todo:
+        orders.setdefault(unit[:2], []).append(unit)
+    count = unit_workers(config, device, len(orders))
+    with open(out / "log.txt", "a", encoding="utf-8") as log_file:
+        RunLog(log_file)(f"start: {json.dumps(config.to_json())}" + (f" ({count} workers)" if count > 1 else ""))
+    if count > 1:
+        quiet = dataclasses.replace(config, progress=False)
+        tasks = [functools.partial(run_units, quiet, data, group, str(device)) for group in orders.values()]
+        bar = tqdm(total=len(units), initial=len(units) - len(todo), desc="continual", disable=not config.progress,
+                   dynamic_ncols=True)
+        try:
+            run_in_workers(tasks, count, on_result=lambda i, done: bar.update(len(done)))
+        finally:
+            bar.close()
+    else:
+        run_units(config, data, todo, str(device), skipped=len(units) - len(todo))
+    with open(out / "log.txt", "a", encoding="utf-8") as log_file:
+        RunLog(log_file)("done")
+    return table.path
+
+
+def unit_workers(config: ContinualConfig, device: torch.device, orders: int) -> int:
+    """Class orders run at once: worker processes of one torch thread on a CPU (``auto``: one per core this
+    process may use); one at a time on a GPU, with the interactive logger (it draws on this terminal) and under
+    torchrun (its ranks already share the work)."""
+    if device.type != "cpu" or "interactive" in config.loggers or orders <= 1 or world().sharded:
+        return 1
+    return min(resolve_workers(config.workers, device), orders)
+
+
+def run_units(config: ContinualConfig, data: ImageDataset, units: list[tuple[str, int, int]], device: str,
+              skipped: int = 0) -> list[tuple[str, int, int]]:
+    """Run (method, seed, repeat) units one after another in this process (a worker's task, or the whole run);
+    returns them. Rows, memories and log lines go to the run folder as each step finishes."""
+    out = Path(config.out)
+    table = ResultsTable(out / "results.csv")
     # the training runs in Avalanche's loop, which is not compiled: --compile is the builders'
     train_config = TrainConfig(epochs=config.epochs, precision=config.precision, compile="off",
                                augment=config.strategy)
-    units = [(m, s, r) for m in config.methods for s in config.seeds for r in range(config.repeats)]
     with open(out / "log.txt", "a", encoding="utf-8") as log_file:
         log = RunLog(log_file)
-        log(f"start: {json.dumps(config.to_json())}")
-        bar = tqdm(units, desc="continual", disable=not config.progress, dynamic_ncols=True)
+        bar = tqdm(units, initial=skipped, total=skipped + len(units), desc="continual",
+                   disable=not config.progress, dynamic_ncols=True)
         for method, seed, repeat in bar:
             bar.set_postfix_str(f"{method} seed {seed} repeat {repeat}")
             table.refresh()  # another process may have finished units meanwhile
@@ -134,12 +179,12 @@ def _run(config: ContinualConfig, data: ImageDataset, out: Path) -> Path:
                 continue
             loggers = make_loggers(config.loggers, out, f"{method}/seed{seed}/repeat{repeat}", log_file)
             try:
-                run_order(config, data, method, seed, repeat, table, train_config, device, log, loggers)
+                run_order(config, data, method, seed, repeat, table, train_config, torch.device(device), log,
+                          loggers)
             finally:
                 close_loggers(loggers)
         bar.close()
-        log("done")
-    return table.path
+    return units
 
 
 def run_order(config: ContinualConfig, data: ImageDataset, method: str, seed: int, repeat: int,

@@ -76,7 +76,11 @@ def parser() -> argparse.ArgumentParser:
                         "OUT/logs)")
     p.add_argument("--out", type=Path, default=Path("runs/continual"), help="run folder (continued if it exists)")
     shell.add_common(p, dataset="any dm_core dataset: cifar100, mnist, digits, npz:PATH, ...", seed_help=None,
-                     compile=True)
+                     compile=True,
+                     workers="class orders (with their repeats) run at once on a CPU: auto (one worker process of "
+                             "one thread per core) or N; 1 runs them one after another in this process. The rows do "
+                             "not depend on it (up to float rounding: one-thread workers round as --threads 1 does); "
+                             "a GPU, --logger interactive and torchrun run one at a time")
     p.set_defaults(dataset="cifar100")
     for action in p._actions:  # the training after each step runs in Avalanche's loop, which is not compiled
         if action.dest == "compile":
@@ -95,7 +99,7 @@ def config_from_args(args: argparse.Namespace) -> ContinualConfig:
         repeats=args.repeats, epochs=args.epochs, iterations=args.iterations, model=args.model,
         max_train_per_class=args.max_train_per_class, method_options=options, precision=args.precision,
         augment=args.augment, compile=args.compile, loggers=tuple(args.logger), device=args.device,
-        threads=args.threads, progress=args.progress)
+        threads=args.threads, workers=args.workers, progress=args.progress)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -355,7 +355,7 @@ def _worker(conn, alive, device: str) -> None:
             return
         index, job = item
         try:
-            result = run_job(job, device)
+            result = run_job(job, device) if isinstance(job, TrainJob) else job()
         except Exception as exc:
             kind = "dm" if isinstance(exc, DMError) else type(exc).__name__
             conn.send(("failed", index, kind, (str(exc).strip().splitlines() or [""])[0][:300]))
@@ -401,9 +401,27 @@ class _Pool:
             alive.close()
 
 
-def _run_processes(jobs: list[TrainJob], device: torch.device, count: int, done: _Finished,
-                   needs_main: bool) -> list[JobResult]:
-    results: list[JobResult | None] = [None] * len(jobs)
+def run_in_workers(tasks: Sequence[Callable[[], Any]], workers: int, progress: bool = False, desc: str = "work",
+                   on_result: Callable[[int, Any], None] | None = None) -> list:
+    """Independent pieces of work in worker processes of one torch thread each, at most ``workers`` at once: each
+    task is a picklable callable without arguments (a module-level function in ``functools.partial``), run by
+    the same workers ``train_many`` uses, so Ctrl-C, a dying worker and a failing task behave as there (one DMError
+    naming the task). Results come back in task order; ``on_result(index, result)`` hears of each as it finishes."""
+    tasks = list(tasks)
+    for task in tasks:
+        if not callable(task):
+            raise DMError(f"run_in_workers takes callables, got {type(task).__name__}")
+    needs_main = any(b"__main__" in pickle.dumps(task) for task in tasks)
+    bar = tqdm(total=len(tasks), desc=desc, disable=not progress, dynamic_ncols=True)
+    try:
+        return _run_processes(tasks, torch.device("cpu"), max(1, min(workers, len(tasks))), _Finished(bar, on_result),
+                              needs_main)
+    finally:
+        bar.close()
+
+
+def _run_processes(jobs: list, device: torch.device, count: int, done: _Finished, needs_main: bool) -> list:
+    results: list = [None] * len(jobs)
     pending = deque(enumerate(jobs))
     busy: dict[int, int] = {}  # worker number -> job index
     pool = _Pool(count, device, needs_main)

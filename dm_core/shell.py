@@ -106,11 +106,12 @@ def option(text: str) -> tuple[str, object]:
 
 def add_common(p: argparse.ArgumentParser, *, dataset: str | None = None, device: bool = True,
                seed_help: str | None = "seed of every random draw", threads: bool = True, compile: bool = False,
-               progress: bool = True, workers: bool = False) -> None:
+               progress: bool = True, workers: bool | str = False) -> None:
     """The flags every command that computes shares, with one meaning each.
 
     ``dataset``: the --dataset help (None: the command takes no --dataset); ``seed_help`` None: no --seed;
-    ``workers``: the command trains several networks from scratch (``dm_core.many.train_many``).
+    ``workers``: the command trains several networks from scratch (``dm_core.many.train_many``); a text: its own
+    help for the flag.
     """
     if dataset is not None:
         p.add_argument("--dataset", help=dataset)
@@ -127,10 +128,11 @@ def add_common(p: argparse.ArgumentParser, *, dataset: str | None = None, device
                             "time), on, off")
     if workers:
         p.add_argument("--workers", type=worker_count, default="auto", metavar="N",
-                       help="networks trained at once: auto (what the machine has: worker processes of one thread "
-                            "per CPU core, stacked networks on a GPU) or N; 1 trains them one after another in this "
-                            "process. Each network's result depends on its seed, not on this (up to float rounding: "
-                            "one-thread workers round as --threads 1 does, stacked networks as batched kernels do)")
+                       help=workers if isinstance(workers, str) else
+                       "networks trained at once: auto (what the machine has: worker processes of one thread "
+                       "per CPU core, stacked networks on a GPU) or N; 1 trains them one after another in this "
+                       "process. Each network's result depends on its seed, not on this (up to float rounding: "
+                       "one-thread workers round as --threads 1 does, stacked networks as batched kernels do)")
     if threads:
         p.add_argument("--threads", type=positive_int, help="CPU threads of torch (default: torch's choice)")
     if progress:
