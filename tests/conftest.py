@@ -4,12 +4,18 @@ MNIST comes from $DM_DATA_ROOT (CI points it at ../shared/data). Without it the 
 $DM_REQUIRE_DATA=1 (set by .ci/run), when a missing MNIST fails them instead.
 """
 import os
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# A shell without job control starts background commands (`pytest ... &`) with Ctrl-C ignored, and an ignored signal
+# stays ignored in every process started from here: the commands whose Ctrl-C the tests check would never see it.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -9,7 +9,6 @@ import pytest
 
 from dm_core import DMConfig, DSAConfig, TrainConfig, condense_dm, condense_dsa, evaluate_set, make_set
 
-pytestmark = pytest.mark.slow
 MODEL = "convnet-w32"
 
 
