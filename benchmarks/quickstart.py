@@ -4,9 +4,10 @@ and what it reported (the table under the quick start in README.md).
     python benchmarks/quickstart.py [--workdir DIR] [--json-out FILE]
 
 The commands are read from README.md (the first ``bash`` block after "## Quick start"), so the table always
-measures the commands the README shows. Times: wall seconds, and CPU seconds (user + system of the command's
-processes, from ``getrusage``), which a shared, loaded machine inflates less than wall time. A command that fails
-ends the run with its exit status and the tail of its stderr.
+measures the commands the README shows. Times: wall seconds, and CPU seconds (user + system of the command and
+the processes it waited for, from ``getrusage``), which a shared, loaded machine inflates less than wall time; the
+worker processes of ``--workers`` are the forkserver's children, not the command's, so their CPU is not counted.
+A command that fails ends the run with its exit status and the tail of its stderr.
 """
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def summary(command: str, last: dict) -> str:
         return f"{last['architectures']} architectures, best test {last['best_test_percent']} %"
     if "file" in last and "seconds" in last:
         return f"set of {last.get('images', '?')} images"
-    return ", ".join(f"{k}" for k in list(last)[:3])
+    return "figures and tables written" if "out" in last else ", ".join(list(last)[:3])
 
 
 def main(argv=None) -> int:
