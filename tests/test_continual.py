@@ -34,8 +34,10 @@ def toy_data(num_classes: int = 6, per_class: int = 12, test_per_class: int = 5)
 
 
 def config(cl, out: Path, **overrides):
+    # workers=1: these tests watch the builders and the trainer in this process (tests/test_continual_workers.py
+    # covers the worker processes)
     values = dict(out=out, dataset="digits", steps=2, methods=("random",), ipc=2, seeds=(0,), repeats=1, epochs=3,
-                  model=TINY_NET, max_train_per_class=30, device="cpu", progress=False)
+                  model=TINY_NET, max_train_per_class=30, device="cpu", progress=False, workers=1)
     values.update(overrides)
     return cl.ContinualConfig(**values)
 
