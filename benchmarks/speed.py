@@ -501,7 +501,7 @@ def nas_rows(args, device: torch.device, workers, rows: list, result: dict) -> N
     def today():
         accuracies = []
         for spec in archs:
-            for r in range(repeats):  # nas.trial.train_architecture, as it stands
+            for r in range(repeats):  # nas.trial.train_architecture before issue 23
                 net = build_model(spec, 3, 10, (32, 32))
                 reinit_(net, torch.Generator().manual_seed(r))
                 train_model(net, x, y, config, seed=r, device=device)

@@ -26,6 +26,7 @@ Each job is seeded on its own, so the result never depends on where, when or bes
 from __future__ import annotations
 
 import copy
+import io
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -41,6 +42,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -145,20 +147,24 @@ def _measure(job: TrainJob, net: nn.Module, tests, device: torch.device) -> list
     return [evaluate_accuracy(net, x, y, device, precision=job.config.precision) for x, y in tests]
 
 
-def run_job(job: TrainJob, device: str | torch.device = "auto", progress: bool = False) -> JobResult:
+def run_job(job: TrainJob, device: str | torch.device = "auto", progress: bool = False,
+            on_epoch: Callable[[int, nn.Module], None] | None = None) -> JobResult:
     """One job in this process: ``train_model`` then ``evaluate_accuracy`` on each test (the sequential path, and
-    what every worker process runs)."""
+    what every worker process runs). ``on_epoch(epoch, net)`` is called after each epoch (after the curve's point);
+    it may raise to stop the training."""
     device = resolve_device(device)
     started = time.perf_counter()
     tests = _test_data(job, device)
     net = build_network(job, device)
     curve: list[tuple[int, float]] = []
-    on_epoch = None
-    if job.curve_every:
-        def on_epoch(epoch: int, model: nn.Module) -> None:
-            if epoch % job.curve_every == 0:
+    watch = on_epoch
+    if job.curve_every or on_epoch is not None:
+        def watch(epoch: int, model: nn.Module) -> None:
+            if job.curve_every and epoch % job.curve_every == 0:
                 curve.append((epoch, _measure(job, model, tests[:1], device)[0]))
-    train_model(net, job.x, job.y, job.config, job.seed, device, progress, on_epoch)
+            if on_epoch is not None:
+                on_epoch(epoch, model)
+    train_model(net, job.x, job.y, job.config, job.seed, device, progress, watch)
     accuracies = _measure(job, net, tests, device)
     return JobResult(accuracies, curve, time.perf_counter() - started, net.cpu() if job.keep_model else None)
 
@@ -263,11 +269,26 @@ def _pickling(jobs: Sequence[TrainJob]) -> tuple[str | None, bool]:
         if isinstance(job.model, (str, tuple)):
             continue
         try:
-            needs_main = needs_main or b"__main__" in pickle.dumps(job.model)
+            needs_main = _refers_to_main(job.model) or needs_main
         except Exception as exc:  # pickling errors come as PicklingError, AttributeError or TypeError
             return (f"the network {type(job.model).__name__} cannot be sent to a worker process "
                     f"({type(exc).__name__})"), False
     return None, needs_main
+
+
+class _ShapePickler(pickle.Pickler):
+    """Pickles an object's structure without its arrays' contents: what a worker would have to import shows in the
+    bytes (``__main__`` for anything the main script defines) at the cost of the object graph, not of its data."""
+
+    def persistent_id(self, obj):
+        return id(obj) if isinstance(obj, (torch.Tensor, np.ndarray)) else None
+
+
+def _refers_to_main(obj) -> bool:
+    """Whether unpickling ``obj`` in another process would import the main module (raises if it cannot pickle)."""
+    buffer = io.BytesIO()
+    _ShapePickler(buffer, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+    return b"__main__" in buffer.getvalue()
 
 
 @contextmanager
@@ -411,7 +432,7 @@ def run_in_workers(tasks: Sequence[Callable[[], Any]], workers: int, progress: b
     for task in tasks:
         if not callable(task):
             raise DMError(f"run_in_workers takes callables, got {type(task).__name__}")
-    needs_main = any(b"__main__" in pickle.dumps(task) for task in tasks)
+    needs_main = any(_refers_to_main(task) for task in tasks)  # structure only: a task may hold a dataset
     bar = tqdm(total=len(tasks), desc=desc, disable=not progress, dynamic_ncols=True)
     try:
         return _run_processes(tasks, torch.device("cpu"), max(1, min(workers, len(tasks))), _Finished(bar, on_result),

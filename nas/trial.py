@@ -10,7 +10,6 @@ first repeat it rejects stops early (``nas.assessor``).
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,9 +17,9 @@ import nni
 import torch
 from torch import nn
 
-from dm_core import ConvNetSpec, TrainConfig, build_model, evaluate_accuracy, reinit_, train_model
+from dm_core import ConvNetSpec, TrainConfig, evaluate_accuracy
 from dm_core.augment import DEFAULT_STRATEGY
-from dm_core.many import JobResult, TrainJob, train_many
+from dm_core.many import JobResult, TrainJob, run_job, train_many
 from dm_core.train import RECIPE
 
 from .assessor import FINISHED, STOPPED, Curve, CurveStore, TrialAssessor
@@ -68,43 +67,16 @@ class TrainTask:
         return f"{length}-b{self.config.batch_size}{precision}{augment}-r{RECIPE}"
 
 
-# Evaluation batch: on a CPU 128 images per forward pass measured 1.5-2x faster than 1024 (cache-sized activations);
-# the accuracy does not depend on it (eval mode).
-EVAL_BATCH = 128
-
-
 def repeat_seed(seed: int, repeat: int) -> int:
     """Initialisation and training seed of one repeat: the same for every architecture, so repeats pair up."""
     return seed + repeat
 
 
-def train_architecture(spec: ConvNetSpec, task: TrainTask, repeat: int, seed: int, device: torch.device | str,
-                       model: nn.Module | None = None,
-                       on_epoch: Callable[[int, nn.Module], None] | None = None) -> TrialRecord:
-    """Initialise (``model`` or a fresh net) from the repeat's seed, train on the task, score on validation/test.
-
-    ``on_epoch(epoch, net)`` is passed to ``train_model`` (it does not change the training: same seed, same result).
-    """
-    trial_seed = repeat_seed(seed, repeat)
-    start = time.perf_counter()
-    net = model if model is not None else build_model(spec, task.x.shape[1], task.num_classes, task.x.shape[2:])
-    reinit_(net.cpu(), torch.Generator().manual_seed(trial_seed))
-    train_model(net, task.x, task.y, task.config, seed=trial_seed, device=device, on_epoch=on_epoch)
-    precision = task.config.precision
-    val_acc = evaluate_accuracy(net, task.x_val, task.y_val, device=device, batch_size=EVAL_BATCH,
-                                precision=precision)
-    seconds = time.perf_counter() - start  # the search's cost: the test pass below is for the analysis only
-    test_acc = (evaluate_accuracy(net, task.x_test, task.y_test, device=device, batch_size=EVAL_BATCH,
-                                  precision=precision) if task.x_test is not None else None)
-    return TrialRecord(task.label, spec.name, spec.depth, spec.width, spec.act, spec.norm, spec.pool, repeat,
-                       trial_seed, task.budget, len(task.x), task.train_iterations, val_acc, test_acc, seconds,
-                       precision, task.config.strategy)
-
-
 def trial_job(spec: ConvNetSpec, task: TrainTask, repeat: int, seed: int, model: nn.Module | None = None,
               curve_every: int = 0) -> TrainJob:
-    """One repeat as a ``dm_core.many`` job: what ``train_architecture`` does, run wherever ``train_many`` puts it
-    (validation accuracy first, then the test accuracy when the task has a test set)."""
+    """One repeat as a ``dm_core.many`` job: ``model`` (or a fresh net of ``spec``) drawn from the repeat's seed,
+    trained on the task, then scored on validation and, when the task has one, test data (at the device's
+    evaluation batch); run wherever ``train_many`` puts it."""
     tests = ((task.x_val, task.y_val),) + (((task.x_test, task.y_test),) if task.x_test is not None else ())
     return TrainJob(spec if model is None else model, task.x, task.y, task.config, repeat_seed(seed, repeat), tests,
                     num_classes=task.num_classes, curve_every=curve_every)
@@ -116,6 +88,15 @@ def job_record(spec: ConvNetSpec, task: TrainTask, repeat: int, seed: int, resul
     return TrialRecord(task.label, spec.name, spec.depth, spec.width, spec.act, spec.norm, spec.pool, repeat,
                        repeat_seed(seed, repeat), task.budget, len(task.x), task.train_iterations, result.accuracies[0],
                        test_acc, result.seconds, task.config.precision, task.config.strategy)
+
+
+def train_architecture(spec: ConvNetSpec, task: TrainTask, repeat: int, seed: int, device: torch.device | str,
+                       model: nn.Module | None = None,
+                       on_epoch: Callable[[int, nn.Module], None] | None = None) -> TrialRecord:
+    """One repeat in this process (``trial_job`` run by ``run_job``), watched by ``on_epoch(epoch, net)``, which
+    does not change the training (same seed, same result) but may raise to stop it."""
+    return job_record(spec, task, repeat, seed, run_job(trial_job(spec, task, repeat, seed, model), device,
+                                                        on_epoch=on_epoch))
 
 
 class _Stop(Exception):

@@ -211,6 +211,29 @@ def test_a_failing_worker_ends_the_call_with_one_dmerror(digits):
         train_many([good, bad], "cpu", workers=2, mode="processes")
 
 
+class Unpicklable(torch.Tensor):
+    """A tensor whose contents refuse to be pickled: a probe that pickled the data would fail on it."""
+
+    def __reduce_ex__(self, protocol):
+        raise AssertionError("the data was pickled")
+
+
+class MadeHere:  # defined in a test module, i.e. somewhere a worker would import
+    pass
+
+
+def test_the_main_module_probe_reads_structure_not_data(monkeypatch):
+    import functools
+
+    from dm_core import many
+    data = torch.zeros(4, 3).as_subclass(Unpicklable)
+    assert not many._refers_to_main(functools.partial(print, data, {"x": data}))
+    monkeypatch.setattr(MadeHere, "__module__", "__main__")  # as if the user's script defined it
+    monkeypatch.setattr(sys.modules["__main__"], "MadeHere", MadeHere, raising=False)
+    assert many._refers_to_main(functools.partial(print, data, MadeHere()))
+    assert many._pickling([TrainJob(nn.Linear(3, 2), data, torch.zeros(4, dtype=torch.long))]) == (None, False)
+
+
 UNGUARDED = """
 import torch
 from dm_core import TrainConfig
