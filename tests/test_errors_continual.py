@@ -296,18 +296,22 @@ def test_a_run_folder_written_by_todays_main_is_read_and_refused_to_continue_in_
                         "color_crop_cutout_flip_scale_rotate")
 
 
-def test_the_reduced_mnist_results_of_today_s_main_are_still_reported(tmp_path, capsys):
-    """reports/continual_mnist/results.csv was written by an earlier continual.run (results version 2)."""
+@pytest.mark.parametrize("source, dm_row", [
+    ("continual_mnist", "| mnist | 5 | 2 | DM | 10 | 3 | 90.51 \u00b1 0.98 | 3.64 \u00b1 0.65 | - |"),
+    # written by an earlier continual.run (results version 2: a "run" column, no augment column)
+    ("continual_mnist/results_before.csv", "| mnist | 5 | 2 | DM | 10 | 3 | 89.18 \u00b1 0.55 | 4.74 \u00b1 0.29 | - |"),
+], ids=["today", "results-version-2"])
+def test_the_reduced_mnist_results_in_the_repository_are_reported(tmp_path, capsys, source, dm_row):
     from reports.cli import main
 
-    status, out, err = run_cli(main, ["continual", str(ROOT / "reports" / "continual_mnist"), "--out",
+    status, out, err = run_cli(main, ["continual", str(ROOT / "reports" / source), "--out",
                                       str(tmp_path / "report")], capsys)
     assert status == 0, err
     figures = json.loads(out.strip().splitlines()[-1])
     assert figures["report"] == "continual" and figures["out"] == str(tmp_path / "report")
     assert str(tmp_path / "report" / "final_accuracy.md") in figures["files"]
     table = (tmp_path / "report" / "final_accuracy.md").read_text()
-    assert "| mnist | 5 | 2 | DM | 10 | 3 | 89.18 \u00b1 0.55 | 4.74 \u00b1 0.29 | - |" in table
+    assert dm_row in table
 
 
 def test_reports_continual_refuses_a_unit_recorded_in_two_files(tmp_path, capsys):
