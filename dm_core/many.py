@@ -362,7 +362,11 @@ def _worker(conn, alive, device: str) -> None:
         # resource tracker's "leaked semaphore" warning; this process starts no process of its own
         multiprocessing.set_start_method("fork", force=True)
     torch.set_num_threads(1)
-    threading.Thread(target=_exit_with_parent, args=(alive,), daemon=True).start()
+    # SIGTERM sent to a process goes to any thread that does not block it, and its default action ends the whole
+    # process: threads made here (this one, and the resource-sharing thread a sent tensor starts) inherit a mask that
+    # blocks it, so only the main thread takes it, and only where its mask allows
+    with _signal_blocked(signal.SIGTERM):
+        threading.Thread(target=_exit_with_parent, args=(alive,), daemon=True).start()
     while True:
         try:
             conn.poll(None)
@@ -379,9 +383,11 @@ def _worker(conn, alive, device: str) -> None:
             result = run_job(job, device) if isinstance(job, TrainJob) else job()
         except Exception as exc:
             kind = "dm" if isinstance(exc, DMError) else type(exc).__name__
-            conn.send(("failed", index, kind, (str(exc).strip().splitlines() or [""])[0][:300]))
-            continue
-        conn.send(("done", index, result))
+            reply = ("failed", index, kind, (str(exc).strip().splitlines() or [""])[0][:300])
+        else:
+            reply = ("done", index, result)
+        with _signal_blocked(signal.SIGTERM):  # a reply is sent whole
+            conn.send(reply)
 
 
 class _Pool:

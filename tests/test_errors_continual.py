@@ -299,7 +299,8 @@ def test_a_run_folder_written_by_todays_main_is_read_and_refused_to_continue_in_
 @pytest.mark.parametrize("source, dm_row", [
     ("continual_mnist", "| mnist | 5 | 2 | DM | 10 | 3 | 90.51 \u00b1 0.98 | 3.64 \u00b1 0.65 | - |"),
     # written by an earlier continual.run (results version 2: a "run" column, no augment column)
-    ("continual_mnist/results_before.csv", "| mnist | 5 | 2 | DM | 10 | 3 | 89.18 \u00b1 0.55 | 4.74 \u00b1 0.29 | - |"),
+    ("continual_mnist/results_before.csv",
+     "| mnist | 5 | 2 | DM | 10 | 3 | 89.18 \u00b1 0.55 | 4.74 \u00b1 0.29 | - |"),
 ], ids=["today", "results-version-2"])
 def test_the_reduced_mnist_results_in_the_repository_are_reported(tmp_path, capsys, source, dm_row):
     from reports.cli import main
