@@ -70,7 +70,8 @@ class TrainJob:
     ``seed`` (what ``train_and_test`` does); False: an ``nn.Module`` trains from its current weights. The given
     module is never changed (a copy trains). ``config.augment`` None means the six-group default: ``resolve`` it for
     the dataset first. ``tests``: (images, labels) pairs; the result holds the accuracy on each (restricted to
-    ``classes`` when given). ``curve_every`` E > 0: also the accuracy on ``tests[0]`` after every E-th epoch.
+    ``classes`` when given). ``curve_every`` E > 0: also the accuracy on ``tests[0]`` after every E-th epoch and
+    after the last (that point is the final accuracy, measured once).
     ``num_classes`` None: one more than the largest label of ``y`` and the tests.
     """
 
@@ -100,6 +101,15 @@ class TrainJob:
         object.__setattr__(self, "tests", tuple((tx, ty) for tx, ty in self.tests))
         if self.classes is not None:
             object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
+
+    def passes(self) -> int:
+        """Epochs of the training, the last one counted even when it is partial."""
+        per_epoch, total, _ = self.config.schedule(len(self.x))
+        return -(-total // per_epoch)
+
+    def point_due(self, epoch: int) -> bool:
+        """Whether the curve has a point after this full epoch while training (the last one is taken after)."""
+        return bool(self.curve_every) and epoch % self.curve_every == 0 and epoch < self.passes()
 
     def classes_count(self) -> int:
         if self.num_classes is not None:
@@ -148,24 +158,31 @@ def _measure(job: TrainJob, net: nn.Module, tests, device: torch.device) -> list
 
 
 def run_job(job: TrainJob, device: str | torch.device = "auto", progress: bool = False,
-            on_epoch: Callable[[int, nn.Module], None] | None = None) -> JobResult:
+            on_point: Callable[[int, float], None] | None = None) -> JobResult:
     """One job in this process: ``train_model`` then ``evaluate_accuracy`` on each test (the sequential path, and
-    what every worker process runs). ``on_epoch(epoch, net)`` is called after each epoch (after the curve's point);
-    it may raise to stop the training."""
+    what every worker process runs). ``on_point(epoch, accuracy)`` hears each point of the job's curve as it is
+    measured (the last one after the training); it may raise to stop the training."""
+    if on_point is not None and not job.curve_every:
+        raise DMError("on_point hears a curve's points: give the job a curve_every")
     device = resolve_device(device)
     started = time.perf_counter()
     tests = _test_data(job, device)
     net = build_network(job, device)
     curve: list[tuple[int, float]] = []
-    watch = on_epoch
-    if job.curve_every or on_epoch is not None:
-        def watch(epoch: int, model: nn.Module) -> None:
-            if job.curve_every and epoch % job.curve_every == 0:
-                curve.append((epoch, _measure(job, model, tests[:1], device)[0]))
-            if on_epoch is not None:
-                on_epoch(epoch, model)
-    train_model(net, job.x, job.y, job.config, job.seed, device, progress, watch)
+
+    def point(epoch: int, accuracy: float) -> None:
+        curve.append((epoch, accuracy))
+        if on_point is not None:
+            on_point(epoch, accuracy)
+
+    def watch(epoch: int, model: nn.Module) -> None:
+        if job.point_due(epoch):
+            point(epoch, _measure(job, model, tests[:1], device)[0])
+
+    train_model(net, job.x, job.y, job.config, job.seed, device, progress, watch if job.curve_every else None)
     accuracies = _measure(job, net, tests, device)
+    if job.curve_every:
+        point(job.passes(), accuracies[0])
     return JobResult(accuracies, curve, time.perf_counter() - started, net.cpu() if job.keep_model else None)
 
 
@@ -615,8 +632,7 @@ def _train_stack(jobs: list[TrainJob], nets: list[nn.Module], device: torch.devi
             losses = step_losses(params, buffers, xb, yb)
         losses.sum().backward()  # the sum's gradient for each network's slice is its own loss's gradient
         optimizer.step()
-        every = jobs[0].curve_every
-        if every and within == per_epoch - 1 and ((step + 1) // per_epoch) % every == 0:
+        if within == per_epoch - 1 and jobs[0].point_due((step + 1) // per_epoch):
             for i, job in enumerate(jobs):
                 curves[i].append(((step + 1) // per_epoch, _measure(job, network(i), tests[i][:1], device)[0]))
             base.train()
@@ -624,7 +640,10 @@ def _train_stack(jobs: list[TrainJob], nets: list[nn.Module], device: torch.devi
     for i, job in enumerate(jobs):
         net = network(i)
         kept = copy.deepcopy(net).cpu().eval() if job.keep_model else None
-        results.append(JobResult(_measure(job, net, tests[i], device), curves[i], 0.0, kept))
+        accuracies = _measure(job, net, tests[i], device)
+        if job.curve_every:  # the last point is the final accuracy
+            curves[i].append((job.passes(), accuracies[0]))
+        results.append(JobResult(accuracies, curves[i], 0.0, kept))
     for result in results:  # the stack's time, shared out
         result.seconds = (time.perf_counter() - started) / k
     return results

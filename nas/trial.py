@@ -17,7 +17,7 @@ import nni
 import torch
 from torch import nn
 
-from dm_core import ConvNetSpec, TrainConfig, evaluate_accuracy
+from dm_core import ConvNetSpec, TrainConfig
 from dm_core.augment import DEFAULT_STRATEGY
 from dm_core.many import JobResult, TrainJob, run_job, train_many
 from dm_core.train import RECIPE
@@ -91,12 +91,13 @@ def job_record(spec: ConvNetSpec, task: TrainTask, repeat: int, seed: int, resul
 
 
 def train_architecture(spec: ConvNetSpec, task: TrainTask, repeat: int, seed: int, device: torch.device | str,
-                       model: nn.Module | None = None,
-                       on_epoch: Callable[[int, nn.Module], None] | None = None) -> TrialRecord:
-    """One repeat in this process (``trial_job`` run by ``run_job``), watched by ``on_epoch(epoch, net)``, which
-    does not change the training (same seed, same result) but may raise to stop it."""
-    return job_record(spec, task, repeat, seed, run_job(trial_job(spec, task, repeat, seed, model), device,
-                                                        on_epoch=on_epoch))
+                       model: nn.Module | None = None, every: int = 0,
+                       on_point: Callable[[int, float], None] | None = None) -> TrialRecord:
+    """One repeat in this process (``trial_job`` run by ``run_job``). ``every`` > 0: its validation accuracy after
+    every that many passes and the last goes to ``on_point(epoch, accuracy)``, which does not change the training
+    (same seed, same result) but may raise to stop it."""
+    return job_record(spec, task, repeat, seed, run_job(trial_job(spec, task, repeat, seed, model, every), device,
+                                                        on_point=on_point))
 
 
 class _Stop(Exception):
@@ -180,8 +181,8 @@ class ArchitectureEvaluator:
             judge.learn(self.curves.finished_first_repeats(label, budget, every))
             curve: list[float] = []
             try:
-                records[0] = train_architecture(spec, self.task, 0, self.seed, self.device, model,
-                                                on_epoch=self._monitor(spec, curve, judge))
+                records[0] = train_architecture(spec, self.task, 0, self.seed, self.device, model, every,
+                                                on_point=self._monitor(spec, curve, judge))
             except _Stop:
                 stopped = Curve(label, spec.name, budget, 0, every, STOPPED, judge.name, tuple(curve))
                 self.curves.add(stopped)
@@ -232,10 +233,8 @@ class ArchitectureEvaluator:
             record = job_record(spec, self.task, repeat, self.seed, result)
             self.store.add(record)
             curve = []
-            if every:
+            if every:  # after every few passes and the last (the final validation accuracy)
                 curve = [accuracy for _, accuracy in result.curve]
-                if self.task.passes % every:  # the last pass is a point too: the final validation accuracy
-                    curve.append(record.val_acc)
                 self.curves.add(Curve(self.task.label, spec.name, self.task.budget, repeat, every, FINISHED, "",
                                       tuple(curve)))
             trained[repeat] = (record, curve)
@@ -246,21 +245,16 @@ class ArchitectureEvaluator:
             train_many(jobs, self.device, self.workers, on_result=finished)
         return trained
 
-    def _monitor(self, spec: ConvNetSpec, curve: list[float], judge: TrialAssessor | None):
-        task = self.task
-
-        passes = task.passes
-
-        def on_epoch(epoch: int, net: nn.Module) -> None:
-            if epoch % self.report_every and epoch != passes:  # every few passes, and the last: the final score
-                return
-            curve.append(evaluate_accuracy(net, task.x_val, task.y_val, device=self.device,
-                                           precision=task.config.precision))
-            nni.report_intermediate_result(curve[-1])
-            if judge is not None and judge.should_stop(spec.name, curve):
+    @staticmethod
+    def _monitor(spec: ConvNetSpec, curve: list[float], judge: TrialAssessor):
+        """The watched repeat's ``on_point``: NNI hears each point, and the assessor judges the curve so far."""
+        def on_point(epoch: int, accuracy: float) -> None:
+            curve.append(accuracy)
+            nni.report_intermediate_result(accuracy)
+            if judge.should_stop(spec.name, curve):
                 raise _Stop
 
-        return on_epoch
+        return on_point
 
     def records(self, spec: ConvNetSpec, model: nn.Module | None = None) -> list[TrialRecord]:
         return self.run(spec, model).records

@@ -115,7 +115,7 @@ def test_stacking_groups_architectures_and_keeps_the_job_order(digits, float64):
     stacked = train_many(jobs, "cpu", mode="stacked")
     for a, b in zip(one_by_one, stacked):
         assert_same_weights(a, b, atol=1e-12)
-        assert a.curve == b.curve and [e for e, _ in a.curve] == [2, 4]
+        assert a.curve == b.curve and [e for e, _ in a.curve] == [2, 4, 5]  # and the last
     assert type(stacked[1].model.features[0]) is nn.Conv2d and stacked[1].model.features[0].out_channels == 4
 
 
@@ -130,6 +130,9 @@ def test_workers_are_checked_and_resolved():
         TrainJob("resnet50", torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long))
     with pytest.raises(DMError, match="curve_every needs"):
         TrainJob("convnet-w8", torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long), curve_every=1)
+    with pytest.raises(DMError, match="on_point hears a curve"):
+        run_job(TrainJob("convnet-w8", torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long)), "cpu",
+                on_point=print)
 
 
 def test_workers_reach_evaluate_from_the_command_line(tmp_path, monkeypatch, capsys):

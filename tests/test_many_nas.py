@@ -3,13 +3,15 @@ many train at once, and a trial's curves are what the epoch-by-epoch path measur
 import pytest
 import torch
 
-from dm_core import ConvNetSpec, TrainConfig, evaluate_accuracy
+from dm_core import ConvNetSpec, TrainConfig, evaluate_accuracy, train_model
+from dm_core.many import build_network
 from nas.assessor import CurveStore
 from nas.results import TrialStore
-from nas.trial import ArchitectureEvaluator, TrainTask, train_architecture
+from nas.trial import ArchitectureEvaluator, TrainTask, train_architecture, trial_job
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+CPU = torch.device("cpu")
 SPECS = [ConvNetSpec(1, 8, "relu", "instancenorm", "avgpool"), ConvNetSpec(2, 8, "sigmoid", "none", "maxpool")]
 
 
@@ -56,14 +58,18 @@ def test_repeats_with_intermediate_results_record_the_curves_the_epoch_path_meas
                                       curves=curves, workers=2)
     result = evaluator.run(SPECS[0])
     assert [r.repeat for r in result.records] == [0, 1, 2]
-    # every repeat's curve: after pass 2 and the last pass (4: epochs 0..3), as the watched path measures it
+    # every repeat's curve: after pass 2 and the last pass (4: epochs 0..3), as an epoch-by-epoch watch measures it
+    job = trial_job(SPECS[0], task, 2, 0)
     watched = []
 
     def on_epoch(epoch, net):
         if epoch % 2 == 0 or epoch == task.passes:
             watched.append(evaluate_accuracy(net, task.x_val, task.y_val, "cpu"))
 
-    train_architecture(SPECS[0], task, 2, 0, "cpu", on_epoch=on_epoch)
+    train_model(build_network(job, CPU), task.x, task.y, task.config, job.seed, "cpu", on_epoch=on_epoch)
+    heard = []
+    train_architecture(SPECS[0], task, 2, 0, "cpu", every=2, on_point=lambda epoch, acc: heard.append((epoch, acc)))
+    assert heard == [(2, watched[0]), (4, watched[1])]
     mine = [c for c in curves.curves() if c.repeat == 2]
     assert len(mine) == 1 and list(mine[0].val_acc) == watched and len(watched) == 2
     assert result.records[2].val_acc == watched[-1]  # the last point is the final validation accuracy
