@@ -164,9 +164,10 @@ def test_a_duplicated_trial_row_is_one_error_not_another_repeat(run_dir, tmp_pat
 
 
 def test_a_run_folder_of_the_previous_layout_gives_the_same_table(tmp_path, capsys):
-    """reports/nas_mnist/run was written before the augment column and the train_iterations name: it is read through
-    the upgrade (six-group DSA, as those trainings used) and gives the committed table again."""
-    committed = ROOT / "reports" / "nas_mnist"
+    """reports/nas_mnist/before/run (the report before issue 20) was written before the augment column and the
+    train_iterations name: it is read through the upgrade (six-group DSA, as those trainings used) and gives its
+    committed table again."""
+    committed = ROOT / "reports" / "nas_mnist" / "before"
     assert (committed / "run" / "results.csv").read_text().startswith("proxy,arch,depth,width,act,norm,pool,repeat,"
                                                                       "seed,budget,precision,train_images,steps,")
     assert report.main([str(committed / "run"), "--out", str(tmp_path), "--top-fraction", "0.25"]) == 0
@@ -174,3 +175,14 @@ def test_a_run_folder_of_the_previous_layout_gives_the_same_table(tmp_path, caps
     assert (tmp_path / "table5.csv").read_text() == (committed / "table5.csv").read_text()
     frame = read_trials(committed / "run" / "results.csv")
     assert set(frame["augment"]) == {"color_crop_cutout_flip_scale_rotate"} and set(frame["train_iterations"]) == {50}
+
+
+def test_the_committed_mnist_report_is_rendered_from_its_run_folder(tmp_path, capsys):
+    """reports/nas_mnist/run (issue 20's recipe: the digits' strategy without flips, 51 passes for --epochs 50) gives
+    the committed table5.csv again, trains nothing."""
+    committed = ROOT / "reports" / "nas_mnist"
+    assert report.main([str(committed / "run"), "--out", str(tmp_path), "--top-fraction", "0.25"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["report"] == "nas"
+    assert (tmp_path / "table5.csv").read_text() == (committed / "table5.csv").read_text()
+    frame = read_trials(committed / "run" / "results.csv")
+    assert set(frame["augment"]) == {"color_crop_cutout_scale_rotate"} and set(frame["train_iterations"]) == {51}
