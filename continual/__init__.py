@@ -12,6 +12,8 @@ is loaded.
 import importlib
 import warnings
 
+import dm_core.startup  # noqa: F401  (first: a Ctrl-C while torch, Avalanche or NNI load is one line)
+
 # Avalanche imports qpsolvers (for GEM, unused here), which warns at import time when no QP solver is installed.
 warnings.filterwarnings("ignore", message="no QP solver found", category=UserWarning)
 

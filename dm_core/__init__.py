@@ -7,6 +7,9 @@ Needs only torch, torchvision, numpy and tqdm, so it runs wherever torch runs.
 """
 __version__ = "0.2.0"  # the one place the version is written (pyproject.toml reads it)
 
+# First, before torch loads: importing it arms a command's one-line Ctrl-C meanwhile (dm_core/startup.py).
+from . import startup  # noqa: F401
+
 # Importing a method's module registers it (random, herding, DM, DSA and DM's successors).
 from .augment import DiffAugment
 from .data import DATASETS, ClassStore, ImageDataset, data_root, load_dataset

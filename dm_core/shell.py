@@ -20,6 +20,7 @@ import re
 import sys
 from collections.abc import Callable
 
+from . import startup
 from .errors import DMError
 from .signals import Terminated, sigterm_as_interrupt
 from .validate import SEED_LIMIT
@@ -175,6 +176,7 @@ def run_command(p: argparse.ArgumentParser, body: Callable[[argparse.Namespace],
     kept and how to continue it; ``old`` names the flags of ``RENAMED`` this command once had."""
     from .distributed import leave_group, world
 
+    startup.disarm()  # from here on Ctrl-C is the command's (below)
     argv = list(sys.argv[1:] if argv is None else argv)
     problem = renamed(argv, old)
     if problem is not None:

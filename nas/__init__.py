@@ -10,6 +10,8 @@ architecture it names).
 import importlib
 import warnings
 
+import dm_core.startup  # noqa: F401  (first: a Ctrl-C while torch, Avalanche or NNI load is one line)
+
 # NNI 3.0 inspects every torch.nn class when its NAS modules are first imported and warns about the classes newer
 # torch versions added; harmless here, and a command's stderr is kept for its one error line.
 warnings.filterwarnings("ignore", message=".*is found to be not a nn.Module.*", category=RuntimeWarning)

@@ -1,0 +1,54 @@
+"""Ctrl-C while a command is still importing torch ends it with one ``interrupted:`` line and status 130 (no import
+traceback, nothing written); a program that imports dm_core keeps Python's own Ctrl-C."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import dm_core
+
+ROOT = Path(__file__).resolve().parents[1]
+
+COMMANDS = {
+    "dm_core": ["condense", "--dataset", "digits", "--method", "random", "--ipc", "1", "--out", "x.pt"],
+    "continual.run": ["--dataset", "digits", "--steps", "5", "--memory", "random", "--ipc", "1", "--out", "x"],
+    "nas.search": ["--dataset", "digits", "--proxy", "random1", "--space", "micro", "--out", "x"],
+    "reports": ["nas", "x", "--out", "x"],
+}
+
+
+def torch_loading(pid: int) -> bool:
+    """Whether the process has mapped torch's C++ library: it is importing torch (or past it)."""
+    try:
+        return "libtorch_cpu" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc to see torch loading (Linux)")
+@pytest.mark.parametrize("module", sorted(COMMANDS))
+def test_ctrl_c_while_torch_loads_is_one_line(module, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", module, *COMMANDS[module]], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while not torch_loading(proc.pid) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, "the command ended before torch loaded"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    lines = [line for line in err.decode().splitlines() if line.strip()]
+    assert proc.returncode == 130 and "Traceback" not in err.decode(), err.decode()
+    assert len(lines) == 1 and lines[0].startswith("interrupted: "), err.decode()
+    assert out == b"" and list(tmp_path.iterdir()) == []
+
+
+def test_a_program_importing_dm_core_keeps_pythons_ctrl_c():
+    assert dm_core.startup is not None  # imported, and under pytest (not a toolkit command) it armed nothing
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
