@@ -317,7 +317,7 @@ def _wait_for(path_glob, folder: Path, proc: subprocess.Popen, seconds: float = 
 @pytest.mark.parametrize("module, argv, lock", [
     ("dm_core", [*DM[:8], "3000", *DM[9:], "--out", "s.pt"], ".s.pt.lock"),
     ("continual.run", continual_argv(Path("run"), "--epochs", "100000"), "run/.lock-*"),
-    ("nas.search", nas_argv(Path("run"), "--epochs", "300"), "run/.lock-*")])
+    ("nas.search", nas_argv(Path("run"), "--epochs", "5000"), "run/.lock-*")])
 def test_a_second_identical_command_is_refused_naming_the_first(tmp_path, module, argv, lock):
     first = _start(module, argv, tmp_path)
     try:
