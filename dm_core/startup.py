@@ -13,7 +13,8 @@ import signal
 import sys
 import threading
 
-PACKAGES = ("dm_core", "continual", "nas", "reports")
+# The modules run as commands (each ends in dm_core.shell.run_command, which disarms): only these are armed.
+COMMANDS = ("dm_core", "continual.run", "nas.search", "nas.groundtruth", "reports", "reports.continual", "reports.nas")
 
 
 def _command_module() -> str | None:
@@ -31,7 +32,7 @@ def _stop(signum, frame) -> None:
 
 def arm() -> None:
     module = _command_module()
-    if (module is None or module.split(".")[0] not in PACKAGES
+    if (module not in COMMANDS
             or threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
         return

@@ -52,3 +52,15 @@ def test_ctrl_c_while_torch_loads_is_one_line(module, tmp_path):
 def test_a_program_importing_dm_core_keeps_pythons_ctrl_c():
     assert dm_core.startup is not None  # imported, and under pytest (not a toolkit command) it armed nothing
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("module, armed", [("continual.run", True), ("reports.nas", True), ("dm_core.records", False),
+                                           ("nni.tools", False), ("pytest", False)])
+def test_only_the_toolkits_commands_are_armed(monkeypatch, module, armed):
+    monkeypatch.setattr(sys, "orig_argv", [sys.executable, "-m", module, "--help"])
+    try:
+        dm_core.startup.arm()
+        assert (signal.getsignal(signal.SIGINT) is not signal.default_int_handler) == armed
+    finally:
+        dm_core.startup.disarm()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
