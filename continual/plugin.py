@@ -141,7 +141,7 @@ class GDumbMemoryPlugin(SupervisedPlugin):
                                              weight_decay=config.weight_decay)
         per_epoch, total, decay_at = config.schedule(len(labels))
         self._schedule, self._step = (per_epoch, total, decay_at), 0
-        strategy.train_epochs = math.ceil(total / per_epoch)
+        strategy.train_epochs = config.passes(len(labels))
 
     def before_training_iteration(self, strategy, **kwargs):
         """Sees the mini-batch about to be trained on: at the recipe's step, the learning rate drops with a fresh

@@ -104,8 +104,7 @@ class TrainJob:
 
     def passes(self) -> int:
         """Epochs of the training, the last one counted even when it is partial."""
-        per_epoch, total, _ = self.config.schedule(len(self.x))
-        return -(-total // per_epoch)
+        return self.config.passes(len(self.x))
 
     def point_due(self, epoch: int) -> bool:
         """Whether the curve has a point after this full epoch while training (the last one is taken after)."""

@@ -86,6 +86,11 @@ class TrainConfig:
         decay = self.decay_epochs if self.decay_epochs is not None else self.epochs // 2 + 2
         return per_epoch, (self.epochs + 1) * per_epoch, decay * per_epoch
 
+    def passes(self, num_samples: int) -> int:
+        """Passes over ``num_samples`` images (the reference's epochs 0..E: E + 1), a last partial one counted."""
+        per_epoch, total, _ = self.schedule(num_samples)
+        return -(-total // per_epoch)
+
 
 def forward_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """What a training step differentiates (compiled per architecture and batch shape where that pays)."""

@@ -48,8 +48,7 @@ class TrainTask:
     @property
     def passes(self) -> int:
         """Passes over the training images of one training (the reference's epochs 0..E: E + 1)."""
-        per_epoch, total, _ = self.config.schedule(len(self.x))
-        return -(-total // per_epoch)
+        return self.config.passes(len(self.x))
 
     def points(self, every: int) -> int:
         """Intermediate results of one training when one is reported every ``every`` passes and at the last."""
