@@ -19,7 +19,7 @@ from .dsa import DSAConfig, condense_dsa
 from .engine import LearnConfig, Matcher, condense
 from .errors import DMError
 from .io import atomic_torch_save, atomic_write_bytes, atomic_write_text
-from .many import JobResult, TrainJob, train_many
+from .many import JobResult, TrainJob, prepare_workers, train_many
 from .methods import make_set
 from .nets import ConvNetSpec, build_model, list_models, register_model, reinit_
 from .registry import Method, get_method, list_methods, register_method
@@ -44,6 +44,7 @@ __all__ = [
     "Method", "RandomConfig", "SyntheticSet", "TrainConfig", "TrainJob", "atomic_torch_save", "atomic_write_bytes",
     "atomic_write_text", "build_model", "condense", "condense_datadam", "condense_ddm", "condense_dm", "condense_dsa",
     "condense_idm", "condense_m3d", "data_root", "evaluate_accuracy", "evaluate_set", "get_method", "list_methods",
-    "list_models", "load_dataset", "make_generator", "make_set", "register_method", "register_model", "reinit_",
+    "list_models", "load_dataset", "make_generator", "make_set", "prepare_workers", "register_method", "register_model",
+    "reinit_",
     "resolve_device", "select_herding", "select_random", "train_and_test", "train_many", "train_model",
 ]

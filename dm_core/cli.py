@@ -14,6 +14,7 @@ from .distributed import gather_objects, init_from_env, local_device, rank_check
 from .engine import Interrupted, discard_checkpoint
 from .errors import DMError
 from .io import check_writable, work_lock
+from .many import prepare_workers
 from .nets import default_model, list_models
 from .precision import PRECISIONS
 from .registry import get_method, list_methods, methods_supporting
@@ -128,6 +129,7 @@ def evaluate(args: argparse.Namespace) -> dict | None:
                          augment_groups=args.augment_groups, compile=args.compile)
     device = local_device(resolve_device(args.device))
     w = init_from_env(device)
+    prepare_workers(args.repeats, device, args.workers)
     data = load_dataset(dataset, args.data_root)
     if recorded and data.name != recorded:
         raise DMError(f"{args.file} was made from {recorded}, not {data.name}: evaluate it on {recorded} (drop "

@@ -215,9 +215,10 @@ def resolve_workers(workers: int | str, device: torch.device) -> int:
     return max(1, available_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
-def choose_mode(jobs: Sequence[TrainJob], device: torch.device, workers: int) -> str:
-    """auto: stacked on CUDA, worker processes on the CPU, sequential when only one job runs at a time."""
-    if workers <= 1 or len(jobs) <= 1:
+def choose_mode(jobs: int, device: torch.device, workers: int) -> str:
+    """How ``jobs`` jobs run under mode auto: stacked on CUDA, worker processes on the CPU, sequential when only one
+    job runs at a time."""
+    if workers <= 1 or jobs <= 1:
         return "sequential"
     return "stacked" if device.type == "cuda" else "processes"
 
@@ -244,7 +245,7 @@ def train_many(jobs: Sequence[TrainJob], device: str | torch.device = "auto", wo
     device = resolve_device(device)
     count = resolve_workers(workers, device)
     if mode == "auto":
-        mode = choose_mode(jobs, device, count)
+        mode = choose_mode(len(jobs), device, count)
     bar = tqdm(total=len(jobs), desc=desc, disable=not progress, dynamic_ncols=True)
     done = _Finished(bar, on_result)
     try:
@@ -343,8 +344,36 @@ def _context():
     if "forkserver" in multiprocessing.get_all_start_methods():
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["torch", "torch._dynamo"])
+        _start_server()
         return ctx
     return multiprocessing.get_context("spawn")
+
+
+def _start_server() -> None:
+    """Start the fork server (if not yet running) and return at once: it imports torch in its own interpreter (about
+    3 s of a command's first pool here) while this process goes on. It starts with SIGINT ignored, as it would set
+    itself once loaded, so a Ctrl-C meant for the command never prints a traceback from its imports."""
+    from multiprocessing import forkserver
+
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: the handler cannot change, the server starts as it is
+        forkserver.ensure_running()
+        return
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def prepare_workers(jobs: int, device: str | torch.device = "auto", workers: int | str = "auto") -> None:
+    """Called by a command as soon as it knows it will train ``jobs`` networks: if ``train_many`` will run them in
+    worker processes, their server starts now and loads torch while the command reads its data, so the pool costs
+    0.15 s instead of 3 s when it comes. Does nothing otherwise (one job, one worker, a GPU)."""
+    device = resolve_device(device)
+    if choose_mode(jobs, device, resolve_workers(workers, device)) == "processes":
+        _context()
 
 
 def _exit_with_parent(alive) -> None:

@@ -356,3 +356,27 @@ def test_the_gpu_check_runs_on_the_cpu(tmp_path):
     assert report["checks"]["dm_same_draws"]["images_relative_difference"] == 0
     assert report["checks"]["training_same_draws"]["fp64_weights_relative_difference"] == 0
     assert subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "gpu_check.sh")]).returncode == 0
+
+
+PREPARE = """
+import os, signal, sys, time
+from multiprocessing import forkserver
+from dm_core import prepare_workers
+prepare_workers(int(sys.argv[1]), "cpu", sys.argv[2])
+pid = forkserver._forkserver._forkserver_pid
+if pid is None:
+    print("none")
+    raise SystemExit
+os.kill(pid, signal.SIGINT)  # a Ctrl-C while the server still imports torch: ignored, no traceback
+time.sleep(1.0)
+print("alive" if os.waitpid(pid, os.WNOHANG) == (0, 0) else "dead")
+"""
+
+
+@pytest.mark.parametrize("jobs, workers, expected", [(5, "2", "alive"), (5, "1", "none"), (1, "2", "none")])
+def test_prepare_workers_starts_the_server_only_for_worker_processes(jobs, workers, expected):
+    done = subprocess.run([sys.executable, "-c", PREPARE, str(jobs), workers], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [expected]
+    assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr
