@@ -567,20 +567,26 @@ def nas_rows(args, device: torch.device, workers, rows: list, result: dict) -> N
                 accuracies.append(evaluate_accuracy(net, xv, yv, device=device, batch_size=128))
         scores["today"] = accuracies
 
-    def at_once():
-        jobs = [TrainJob(spec, x, y, config, seed=r, tests=((xv, yv),), num_classes=10) for spec in archs
-                for r in range(repeats)]
-        scores["many"] = [r.accuracies[0] for r in train_many(jobs, device, workers)]
+    def at_once(count, key):
+        def run():
+            jobs = [TrainJob(spec, x, y, config, seed=r, tests=((xv, yv),), num_classes=10) for spec in archs
+                    for r in range(repeats)]
+            scores[key] = [r.accuracies[0] for r in train_many(jobs, device, count)]
+        return run
 
     base = "one trial after another (today)"
-    block = {base: today, f"train_many, workers {workers} ({many_label(workers, 16, device)})": at_once}
+    label = many_label(workers, 16, device)
+    block = {base: today, f"train_many, workers {workers} ({label})": at_once(workers, "many")}
+    cores = available_cores()
+    if device.type == "cpu" and cores > 1 and label != "worker processes":  # the processes auto leaves out here
+        block[f"train_many, workers {cores} (worker processes)"] = at_once(cores, "processes")
     print("NAS proxy search", file=sys.stderr, flush=True)
     t = WallTiming(block, device, args.nas_repeats, warm=False)
-    drift = max(abs(a - b) for a, b in zip(scores["today"], scores["many"]))
+    drift = {key: max(abs(a - b) for a, b in zip(scores["today"], scores[key])) for key in scores if key != "today"}
     what = f"NAS proxy search (8 archs x 2, {args.nas_steps} steps + 1,000 val)"
-    for name in block:
+    for name, key in zip(block, (None, *drift)):
         add_row(rows, what, name, t.seconds[name], "s/search", None if name == base else t.speedup(base, name),
-                "" if name == base else f"largest accuracy difference {100 * drift:.2f} points")
+                "" if name == base else f"largest accuracy difference {100 * drift[key]:.2f} points")
     result["nas"] = {"seconds": t.slopes, "archs": [a.name for a in archs], "max_accuracy_difference": drift,
                      "load": os.getloadavg()[0]}
 
@@ -637,6 +643,9 @@ def e2e_rows(args, device: torch.device, rows: list, result: dict) -> None:
         block[f"today ({args.baseline_rev})"] = evaluate("today", [], f"today ({args.baseline_rev})")
     block["--workers 1"] = evaluate("new", ["--workers", "1"], "--workers 1")
     block["--workers auto"] = evaluate("new", ["--workers", "auto"], "--workers auto")
+    cores = available_cores()
+    if device.type == "cpu" and cores > 1 and many_label("auto", 5, device) != "worker processes":
+        block[f"--workers {cores}"] = evaluate("new", ["--workers", str(cores)], f"--workers {cores}")
     base = next(iter(block))
     print("end to end", file=sys.stderr, flush=True)
     t = WallTiming(block, device, args.e2e_repeats, warm=False)

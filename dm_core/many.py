@@ -204,15 +204,25 @@ def check_workers(workers: int | str) -> int | str:
     raise DMError(f"workers must be auto or a whole number from 1, got {workers!r}")
 
 
+# Cores from which ``auto`` trains in worker processes on the CPU. Below, one process with all its threads is faster:
+# on this project's 2-core EPYC 4 ConvNet-w32 trainings took 4.28 s with 2 threads and 5.27 s in 2 one-thread worker
+# processes, and 5 / 20 of them 0.72x / 0.79x the sequential speed (benchmarks/README.md, 2026-12-07). With more
+# cores small convolutions scale worse over threads and processes are expected to win; 4 is where that is expected,
+# not measured (no such machine was lent): ``workers=N`` chooses for oneself.
+PROCESS_CORES = 4
+
+
 def resolve_workers(workers: int | str, device: torch.device) -> int:
     """How many jobs run at once. CPU: ``auto`` takes the cores this process may use, shared among the torchrun
-    ranks of this node (``LOCAL_WORLD_SIZE``). CUDA: networks stacked at once, ``auto`` up to ``MAX_STACK``."""
+    ranks of this node (``LOCAL_WORLD_SIZE``), when that is at least ``PROCESS_CORES``, else 1 (one job after
+    another, with torch's threads). CUDA: networks stacked at once, ``auto`` up to ``MAX_STACK``."""
     workers = check_workers(workers)
     if workers != "auto":
         return workers
     if device.type == "cuda":
         return MAX_STACK
-    return max(1, available_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    cores = available_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return cores if cores >= PROCESS_CORES else 1
 
 
 def choose_mode(jobs: int, device: torch.device, workers: int) -> str:

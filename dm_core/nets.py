@@ -87,9 +87,13 @@ def avg_pool2x2(x: torch.Tensor) -> torch.Tensor:
     order."""
     if (x.device.type == "cpu" and x.dim() == 4 and x.dtype in (torch.float32, torch.float64)
             and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0 and x.is_contiguous()
-            and not torch.compiler.is_compiling() and not torch._C._functorch.is_functorch_wrapped_tensor(x)):
+            and not torch.compiler.is_compiling() and not _transformed(x)):
         return _Pool2x2.apply(x)
     return F.avg_pool2d(x, 2)
+
+
+# Whether a tensor is seen through a torch.func transform (vmap, grad); a torch without this check takes torch's kernel.
+_transformed = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", lambda x: True)
 
 
 class AvgPool2x2(nn.AvgPool2d):
