@@ -30,17 +30,18 @@ the cost), the paper's ConvNet (depth 3, width 128, instance norm, average pooli
   (ConvNet-w32 on MNIST-shaped images, the paper's ConvNet on CIFAR-shaped ones), ``--many-epochs`` epochs each,
   whole runs timed (on a loaded machine, slopes of long against short runs came out negative). Baseline: today's
   path, ``train_model`` K times in sequence in this process (torch's threads); candidate: ``dm_core.train_many`` with
-  ``--workers`` (auto: worker processes of one thread per core on the CPU, the networks stacked on a GPU), whose
-  forkserver is started before the timing (the end-to-end rows include that start). Both eager (the stacked path
-  does not compile).
+  ``--workers`` (auto: from 4 cores worker processes of one thread per core on the CPU, else in sequence; the
+  networks stacked on a GPU), whose forkserver is started before the timing (the end-to-end rows include that
+  start). Both eager (the stacked path does not compile).
 - NAS proxy search (``--only nas``): 8 architectures drawn (seed 0) from the 720-space at widths 32 and 64, 2
   repeats each, ``--nas-steps`` steps on a CIFAR-shaped 10-ipc proxy set plus validation on 1,000 images, whole
   searches timed. Baseline: the ``nas.trial`` path before issue 23 (networks with torch's ``nn.AvgPool2d``,
   ``train_model`` then ``evaluate_accuracy`` at batch 128, one trial after another); candidate: the 16 trials
-  through ``train_many``.
+  through ``train_many`` (and, where ``auto`` runs them in this process, through worker processes, one per core).
 - End to end (``--only e2e``): ``python -m dm_core evaluate SET --repeats 5 --epochs E --model convnet-w32`` of a
   10-ipc random selection of MNIST (MNIST-shaped random images when MNIST is not under --data-root), whole commands
-  timed: ``--workers auto`` against ``--workers 1`` and, with ``--baseline-rev REV``, against that revision's
+  timed: ``--workers auto`` against ``--workers 1`` (and ``--workers CORES`` where auto does not take worker
+  processes) and, with ``--baseline-rev REV``, against that revision's
   dm_core (``git archive``), i.e. today's path. Equal accuracies are checked where the draws are the same.
 - Scaling with cores (``--only scaling``): K networks (ConvNet-w32, MNIST-shaped) in sequence with 1, 2, 4, ...
   threads and through ``train_many`` with 2, 4, ... workers of one thread, up to the cores there are.

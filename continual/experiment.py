@@ -152,8 +152,8 @@ def _run(config: ContinualConfig, data: ImageDataset, out: Path) -> Path:
 
 def unit_workers(config: ContinualConfig, device: torch.device, orders: int) -> int:
     """Class orders run at once: worker processes of one torch thread on a CPU (``auto``: one per core this
-    process may use); one at a time on a GPU, with the interactive logger (it draws on this terminal) and under
-    torchrun (its ranks already share the work)."""
+    process may use, from ``PROCESS_CORES`` cores on; else 1); one at a time on a GPU, with the interactive logger
+    (it draws on this terminal) and under torchrun (its ranks already share the work)."""
     if device.type != "cpu" or "interactive" in config.loggers or orders <= 1 or world().sharded:
         return 1
     return min(resolve_workers(config.workers, device), orders)

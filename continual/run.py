@@ -77,10 +77,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/continual"), help="run folder (continued if it exists)")
     shell.add_common(p, dataset="any dm_core dataset: cifar100, mnist, digits, npz:PATH, ...", seed_help=None,
                      compile=True,
-                     workers="class orders (with their repeats) run at once on a CPU: auto (one worker process of "
-                             "one thread per core) or N; 1 runs them one after another in this process. The rows do "
-                             "not depend on it (up to float rounding: one-thread workers round as --threads 1 does); "
-                             "a GPU, --logger interactive and torchrun run one at a time")
+                     workers="class orders (with their repeats) run at once on a CPU: auto (from 4 cores one worker "
+                             "process of one thread per core, else 1) or N; 1 runs them one after another in this "
+                             "process. The rows do not depend on it (up to float rounding: one-thread workers round "
+                             "as --threads 1 does); a GPU, --logger interactive and torchrun run one at a time")
     p.set_defaults(dataset="cifar100")
     for action in p._actions:  # the training after each step runs in Avalanche's loop, which is not compiled
         if action.dest == "compile":

@@ -40,23 +40,41 @@ def make_norm(norm: str, channels: int, height: int, width: int) -> nn.Module:
     raise DMError(f"unknown norm {norm!r}: choose one of {', '.join(NORMS)}")
 
 
+# Images per piece of the pooling below: about 2**20 input values (4 MB of float32), so a piece's intermediate copies
+# stay in the caches. Unchunked, large inputs (ConvNet-128 at batch 128) pooled slower than torch's kernel here.
+_POOL_CHUNK = 1 << 20
+
+
+def _piece(per_image: int) -> int:
+    """Images per piece, for images of ``per_image`` input values each."""
+    return max(1, _POOL_CHUNK // per_image)
+
+
 class _Pool2x2(torch.autograd.Function):
     """2x2 average pooling of a contiguous float NCHW tensor with even sides, bit for bit ``F.avg_pool2d(x, 2)``:
     each output is ((a + b) + c) + d times 1/4, a b the top and c d the bottom pair of its window, the order torch's
     CPU kernel adds them in. Faster on the CPU because torch's NCHW kernel runs one window at a time: here the
     columns are first split into even and odd ones (two flat strided copies), then every sum runs over rows of
-    contiguous values. Its gradient is ``_Unpool2x2``, whose gradient is this pooling again, as torch's are."""
+    contiguous values; images go in pieces of about 4 MB (``_POOL_CHUNK``). Its gradient is ``_Unpool2x2``, whose
+    gradient is this pooling again, as torch's are."""
 
     @staticmethod
     def forward(ctx, x):
         n, c, h, w = x.shape
-        pairs = x.view(-1, 2)
-        even = pairs[:, 0].contiguous().view(n, c, h // 2, 2, w // 2)  # a (top row) and c (bottom row)
-        odd = pairs[:, 1].contiguous().view(n, c, h // 2, 2, w // 2)  # b and d
-        out = even[:, :, :, 0] + odd[:, :, :, 0]
-        out += even[:, :, :, 1]
-        out += odd[:, :, :, 1]
-        return out.mul_(0.25)
+        out = x.new_empty(n, c, h // 2, w // 2)
+        step = _piece(c * h * w)
+        for start in range(0, n, step):
+            part = x[start:start + step]
+            m = len(part)
+            pairs = part.reshape(-1, 2)
+            even = pairs[:, 0].contiguous().view(m, c, h // 2, 2, w // 2)  # a (top row) and c (bottom row)
+            odd = pairs[:, 1].contiguous().view(m, c, h // 2, 2, w // 2)  # b and d
+            piece = out[start:start + m]
+            torch.add(even[:, :, :, 0], odd[:, :, :, 0], out=piece)
+            piece += even[:, :, :, 1]
+            piece += odd[:, :, :, 1]
+            piece.mul_(0.25)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
@@ -65,14 +83,19 @@ class _Pool2x2(torch.autograd.Function):
 
 class _Unpool2x2(torch.autograd.Function):
     """The gradient of 2x2 average pooling: each value times 1/4, copied to its 2x2 window (what torch's
-    ``avg_pool2d_backward`` gives, without its zero fill and window-by-window loop)."""
+    ``avg_pool2d_backward`` gives, without its zero fill and window-by-window loop), in the pieces of ``_Pool2x2``."""
 
     @staticmethod
     def forward(ctx, grad):
         n, c, h, w = grad.shape
-        quarter = grad * 0.25
-        columns = torch.stack([quarter, quarter], dim=-1).view(n, c, h, 2 * w)
-        return torch.stack([columns, columns], dim=3).view(n, c, 2 * h, 2 * w)
+        out = grad.new_empty(n, c, 2 * h, 2 * w)
+        step = _piece(4 * c * h * w)
+        for start in range(0, n, step):
+            quarter = grad[start:start + step] * 0.25
+            m = len(quarter)
+            columns = torch.stack([quarter, quarter], dim=-1).view(m, c, h, 2 * w)
+            torch.stack([columns, columns], dim=3, out=out[start:start + m].view(m, c, h, 2, 2 * w))
+        return out
 
     @staticmethod
     def backward(ctx, grad):
@@ -85,7 +108,7 @@ def avg_pool2x2(x: torch.Tensor) -> torch.Tensor:
     transforms. Measured with one thread on this project's 2-core EPYC: ConvNet-w32 training on MNIST-shaped images
     about 1.07x, its evaluation 1.1-1.2x (benchmarks/speed.py); tests/test_nets.py checks the bits, first and second
     order."""
-    if (x.device.type == "cpu" and x.dim() == 4 and x.dtype in (torch.float32, torch.float64)
+    if (x.device.type == "cpu" and x.dim() == 4 and x.dtype in (torch.float32, torch.float64) and x.numel() > 0
             and x.shape[2] % 2 == 0 and x.shape[3] % 2 == 0 and x.is_contiguous()
             and not torch.compiler.is_compiling() and not _transformed(x)):
         return _Pool2x2.apply(x)

@@ -130,10 +130,11 @@ def add_common(p: argparse.ArgumentParser, *, dataset: str | None = None, device
     if workers:
         p.add_argument("--workers", type=worker_count, default="auto", metavar="N",
                        help=workers if isinstance(workers, str) else
-                       "networks trained at once: auto (what the machine has: worker processes of one thread "
-                       "per CPU core, stacked networks on a GPU) or N; 1 trains them one after another in this "
-                       "process. Each network's result depends on its seed, not on this (up to float rounding: "
-                       "one-thread workers round as --threads 1 does, stacked networks as batched kernels do)")
+                       "networks trained at once: auto (what the machine has: from 4 CPU cores a worker process "
+                       "of one thread per core, on fewer one after another with all threads; stacked networks on "
+                       "a GPU) or N; 1 trains them one after another in this process. Each network's result "
+                       "depends on its seed, not on this (up to float rounding: one-thread workers round as "
+                       "--threads 1 does, stacked networks as batched kernels do)")
     if threads:
         p.add_argument("--threads", type=positive_int, help="CPU threads of torch (default: torch's choice)")
     if progress:

@@ -80,17 +80,23 @@ def _torch_pooling(net):
     return twin
 
 
-@pytest.mark.parametrize("shape", [(3, 5, 32, 32), (2, 7, 16, 8), (4, 3, 2, 2), (1, 1, 6, 10)])
+@pytest.mark.parametrize("shape", [(3, 5, 32, 32), (2, 7, 16, 8), (4, 3, 2, 2), (1, 1, 6, 10),
+                                   (41, 16, 64, 64)])  # the last in pieces of 16 images (and one of 9)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_avgpool2x2_is_torchs_pooling_bit_for_bit(shape, dtype):
     from dm_core.nets import AvgPool2x2, _Pool2x2
 
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(shape, generator=g, dtype=dtype) * 1e3).requires_grad_()
-    grad = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2, generator=g, dtype=dtype)
+    grad = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2, generator=g, dtype=dtype,
+                       requires_grad=True)
     ours, theirs = _Pool2x2.apply(x), F.avg_pool2d(x, 2)
     assert torch.equal(ours, theirs) and torch.equal(AvgPool2x2()(x), theirs)
-    assert torch.equal(torch.autograd.grad(ours, x, grad)[0], torch.autograd.grad(theirs, x, grad)[0])
+    ours_grad, = torch.autograd.grad(ours, x, grad, create_graph=True)
+    theirs_grad, = torch.autograd.grad(theirs, x, grad, create_graph=True)
+    assert torch.equal(ours_grad, theirs_grad)
+    again = torch.randn(shape, generator=g, dtype=dtype)  # the gradient's gradient: the pooling again
+    assert torch.equal(torch.autograd.grad(ours_grad, grad, again)[0], torch.autograd.grad(theirs_grad, grad, again)[0])
 
 
 @pytest.mark.parametrize("case", ["odd", "channels_last", "bf16", "vmap"])
