@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
 from dm_core import ConvNetSpec, DMError
-from dm_core.nets import make_norm
+from dm_core.nets import AvgPool2x2, make_norm
 from dm_core.records import Column, Schema, Table
 
 from .data import SearchData
@@ -71,7 +71,7 @@ class _Block(nn.Module):
         self.norm = _choice("norm", {n: make_norm(n, width, height, wide) for n in space.norm})
         self.act = _choice("act", {a: _ACTS[a]() for a in space.act})
         self.pool = {"none": nn.Identity, "maxpool": lambda: nn.MaxPool2d(2, 2),
-                     "avgpool": lambda: nn.AvgPool2d(2, 2)}[pool]()
+                     "avgpool": AvgPool2x2}[pool]()
         self.out_size = (height // 2, wide // 2) if pool != "none" else (height, wide)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
