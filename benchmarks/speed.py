@@ -22,6 +22,10 @@ the cost), the paper's ConvNet (depth 3, width 128, instance norm, average pooli
 - NAS, seconds per proxy trial: 400 training steps at batch 250 (200 epochs of a 500-image proxy set) plus a
   validation pass over 5,000 images, per architecture; compiled trials include one compile each (every trial of a
   search is a new architecture).
+- Pooling (``--only pool``): one network trained from scratch (``train_model``, 30 epochs of ConvNet-w32 on a
+  10-ipc MNIST-shaped set, 10 epochs of ConvNet-128 on a CIFAR-shaped one) then tested (10,000 and 2,000 images),
+  whole runs: with torch's ``nn.AvgPool2d`` (the network before issue 23) against dm_core's ``AvgPool2x2``; the note
+  says whether the trained weights are equal bit for bit.
 - Many trainings at once (issue 23, ``--only many``): K = 1, 5, 20 networks trained from scratch on a 10-ipc set
   (ConvNet-w32 on MNIST-shaped images, the paper's ConvNet on CIFAR-shaped ones), ``--many-epochs`` epochs each,
   whole runs timed (on a loaded machine, slopes of long against short runs came out negative). Baseline: today's
@@ -31,8 +35,8 @@ the cost), the paper's ConvNet (depth 3, width 128, instance norm, average pooli
   start). Both eager (the stacked path does not compile).
 - NAS proxy search (``--only nas``): 8 architectures drawn (seed 0) from the 720-space at widths 32 and 64, 2
   repeats each, ``--nas-steps`` steps on a CIFAR-shaped 10-ipc proxy set plus validation on 1,000 images, whole
-  searches timed. Baseline: today's ``nas.trial`` path (``train_model`` then ``evaluate_accuracy`` at batch 128, one
-  trial after another); candidate: the 16 trials
+  searches timed. Baseline: the ``nas.trial`` path before issue 23 (networks with torch's ``nn.AvgPool2d``,
+  ``train_model`` then ``evaluate_accuracy`` at batch 128, one trial after another); candidate: the 16 trials
   through ``train_many`` (and, where ``auto`` runs them in this process, through worker processes, one per core).
 - End to end (``--only e2e``): ``python -m dm_core evaluate SET --repeats 5 --epochs E --model convnet-w32`` of a
   10-ipc random selection of MNIST (MNIST-shaped random images when MNIST is not under --data-root), whole commands
@@ -239,7 +243,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dsa-loops", type=int, nargs=2, default=[2, 1], metavar=("OUTER", "INNER"))
     parser.add_argument("--bf16", choices=("auto", "always", "never"), default="auto")
     parser.add_argument("--warm-cache", action="store_true", help="keep inductor's usual cache (warm compiles)")
-    blocks = ("dm", "dsa", "train", "many", "nas", "e2e", "scaling")
+    blocks = ("dm", "dsa", "train", "pool", "many", "nas", "e2e", "scaling")
     parser.add_argument("--only", nargs="+", choices=blocks, default=list(blocks))
     parser.add_argument("--threads", type=int, default=None, help="torch threads of this process (default: torch's)")
     parser.add_argument("--workers", default="auto", help="train_many's workers in the many, nas and e2e rows")
@@ -403,6 +407,7 @@ def main(argv=None) -> int:
                      f"one training step (16 images) took {ratio:.1f}x its fp32 time"))
 
     run_block = {"dm": dm_block, "dsa": dsa_block, "train": train_block,
+                 "pool": lambda: pool_rows(args, device, rows, result),
                  "many": lambda: many_rows(args, device, workers, rows, result),
                  "nas": lambda: nas_rows(args, device, workers, rows, result),
                  "e2e": lambda: e2e_rows(args, device, rows, result),
@@ -447,6 +452,59 @@ def many_label(workers, k: int, device: torch.device) -> str:
 
     mode = choose_mode(k, device, resolve_workers(workers, device))
     return {"processes": "worker processes", "stacked": "stacked", "sequential": "in this process"}[mode]
+
+
+def torch_pooling(net: torch.nn.Module) -> torch.nn.Module:
+    """The network as it was before issue 23: torch's nn.AvgPool2d where dm_core now has AvgPool2x2 (same bits)."""
+    from dm_core.nets import AvgPool2x2
+
+    for module in list(net.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, AvgPool2x2):
+                setattr(module, name, torch.nn.AvgPool2d(2, 2))
+    return net
+
+
+def pool_rows(args, device: torch.device, rows: list, result: dict) -> None:
+    """One network trained and tested with torch's nn.AvgPool2d against dm_core's AvgPool2x2 (the CPU's pooling)."""
+    workloads = [("ConvNet-w32, MNIST-shaped", "convnet-w32", mnist_like(10, 10000), "mnist", 30),
+                 ("ConvNet-128, CIFAR-shaped", "convnet", cifar_like(10, 2000), "cifar10", 10)]
+    result["pool"] = {}
+    base, ours = "torch's nn.AvgPool2d", "AvgPool2x2"
+    for label, model, data, dataset, epochs in workloads:
+        config = TrainConfig(epochs=epochs, batch_size=256, compile="off").resolve(dataset)
+        times, weights = {base: [], ours: []}, {}
+        block = {name: pool_run(model, data, config, device, name == ours, times[name], weights, name)
+                 for name in (base, ours)}
+        print(f"pooling: {label}", file=sys.stderr, flush=True)
+        t = WallTiming(block, device, args.repeats, warm=True)
+        same = torch.equal(weights[base], weights[ours])
+        for name in block:
+            pairs = list(zip(times[base][1:], times[ours][1:]))  # the repeats (the first run is the warm-up)
+            note = (f"train {statistics.median(a for a, _ in times[name][1:]):.2f} s + test "
+                    f"{statistics.median(b for _, b in times[name][1:]):.2f} s")
+            if name == ours:
+                note += (f"; train {statistics.median(a[0] / b[0] for a, b in pairs):.2f}x, test "
+                         f"{statistics.median(a[1] / b[1] for a, b in pairs):.2f}x; weights equal bit for bit: {same}")
+            add_row(rows, f"{label}, 10 ipc, {epochs} epochs + {len(data.y_test):,} test images", name,
+                    t.seconds[name], "s/run", None if name == base else t.speedup(base, name), note)
+        result["pool"][model] = {"seconds": t.slopes, "train_test": times, "bit_equal": same}
+
+
+def pool_run(model: str, data, config: TrainConfig, device: torch.device, ours: bool, times: list, weights: dict,
+             name: str):
+    """A run of the pooling rows: build, train, test; records (train s, test s) and the trained weights."""
+    def go():
+        shape = tuple(data.x_train.shape[1:])
+        net = reinit_(build_model(model, shape[0], 10, shape[1:]), make_generator(0, torch.device("cpu")))
+        net = net if ours else torch_pooling(net)
+        started = time.perf_counter()
+        train_model(net, data.x_train, data.y_train, config, seed=0, device=device)
+        trained = time.perf_counter()
+        evaluate_accuracy(net, data.x_test, data.y_test, device)
+        times.append((trained - started, time.perf_counter() - trained))
+        weights[name] = torch.cat([p.detach().flatten().cpu() for p in net.parameters()])
+    return go
 
 
 def many_rows(args, device: torch.device, workers, rows: list, result: dict) -> None:
@@ -504,7 +562,7 @@ def nas_rows(args, device: torch.device, workers, rows: list, result: dict) -> N
         accuracies = []
         for spec in archs:
             for r in range(repeats):  # nas.trial.train_architecture before issue 23
-                net = build_model(spec, 3, 10, (32, 32))
+                net = torch_pooling(build_model(spec, 3, 10, (32, 32)))  # the network as it was
                 reinit_(net, torch.Generator().manual_seed(r))
                 train_model(net, x, y, config, seed=r, device=device)
                 accuracies.append(evaluate_accuracy(net, xv, yv, device=device, batch_size=128))
