@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -245,8 +246,8 @@ def test_atomic_writes_never_touch_the_umask(tmp_path, monkeypatch):
 
 def run_and_interrupt(argv: list[str], cwd: Path, after: str = "it/s", signum: int = signal.SIGINT,
                       written: Path | None = None) -> subprocess.CompletedProcess:
-    """Start ``python -m dm_core ARGV``, send ``signum`` once its progress bar shows ``after`` (and the file
-    ``written`` exists), wait for the end."""
+    """Start ``python -m dm_core ARGV``, send ``signum`` once its stderr matches the regular expression ``after``
+    (and the file ``written`` exists), wait for the end."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "dm_core", *argv], cwd=cwd, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
@@ -256,7 +257,7 @@ def run_and_interrupt(argv: list[str], cwd: Path, after: str = "it/s", signum: i
     def read():
         while chunk := proc.stderr.read1(256):
             seen.extend(chunk)
-            if after.encode() in seen:
+            if re.search(after.encode(), seen):
                 ready.set()
         ready.set()
 
@@ -277,7 +278,7 @@ def run_and_interrupt(argv: list[str], cwd: Path, after: str = "it/s", signum: i
 def test_ctrl_c_saves_a_checkpoint_and_the_same_command_continues_bit_identically(tmp_path):
     argv = ["condense", "--dataset", "digits", "--method", "dm", "--ipc", "1", "--iterations", "1500",
             "--batch-real", "4", "--model", "convnet-d1-w8", "--device", "cpu", "--out", "s.pt"]
-    stopped = run_and_interrupt(argv, tmp_path)
+    stopped = run_and_interrupt(argv, tmp_path, after=r"\| *[1-9]\d*/1500 ")  # an iteration done: a checkpoint
     assert stopped.returncode == 130, stopped.stderr
     # tqdm's monitor thread may redraw the bar after the message, so look for the message line, not the last line
     lines = [line for line in stopped.stderr.replace("\r", "\n").splitlines() if line.strip()]
