@@ -454,6 +454,13 @@ def many_label(workers, k: int, device: torch.device) -> str:
     return {"processes": "worker processes", "stacked": "stacked", "sequential": "in this process"}[mode]
 
 
+def processes_left_out(device: torch.device, k: int) -> int | None:
+    """The cores, where ``--workers auto`` would not take worker processes for ``k`` jobs on this CPU (so a row of
+    the processes it leaves out is worth adding); None elsewhere."""
+    cores = available_cores()
+    return cores if device.type == "cpu" and cores > 1 and many_label("auto", k, device) != "worker processes" else None
+
+
 def torch_pooling(net: torch.nn.Module) -> torch.nn.Module:
     """The network as it was before issue 23: torch's nn.AvgPool2d where dm_core now has AvgPool2x2 (same bits)."""
     from dm_core.nets import AvgPool2x2
@@ -576,18 +583,19 @@ def nas_rows(args, device: torch.device, workers, rows: list, result: dict) -> N
         return run
 
     base = "one trial after another (today)"
-    label = many_label(workers, 16, device)
-    block = {base: today, f"train_many, workers {workers} ({label})": at_once(workers, "many")}
-    cores = available_cores()
-    if device.type == "cpu" and cores > 1 and label != "worker processes":  # the processes auto leaves out here
-        block[f"train_many, workers {cores} (worker processes)"] = at_once(cores, "processes")
+    keys = {f"train_many, workers {workers} ({many_label(workers, 16, device)})": "many"}  # row -> its scores
+    cores = processes_left_out(device, 16) if workers == "auto" else None
+    if cores:
+        keys[f"train_many, workers {cores} (worker processes)"] = "processes"
+    block = {base: today,
+             **{name: at_once(cores if key == "processes" else workers, key) for name, key in keys.items()}}
     print("NAS proxy search", file=sys.stderr, flush=True)
     t = WallTiming(block, device, args.nas_repeats, warm=False)
-    drift = {key: max(abs(a - b) for a, b in zip(scores["today"], scores[key])) for key in scores if key != "today"}
+    drift = {key: max(abs(a - b) for a, b in zip(scores["today"], scores[key])) for key in keys.values()}
     what = f"NAS proxy search (8 archs x 2, {args.nas_steps} steps + 1,000 val)"
-    for name, key in zip(block, (None, *drift)):
+    for name in block:
         add_row(rows, what, name, t.seconds[name], "s/search", None if name == base else t.speedup(base, name),
-                "" if name == base else f"largest accuracy difference {100 * drift[key]:.2f} points")
+                "" if name == base else f"largest accuracy difference {100 * drift[keys[name]]:.2f} points")
     result["nas"] = {"seconds": t.slopes, "archs": [a.name for a in archs], "max_accuracy_difference": drift,
                      "load": os.getloadavg()[0]}
 
@@ -644,8 +652,8 @@ def e2e_rows(args, device: torch.device, rows: list, result: dict) -> None:
         block[f"today ({args.baseline_rev})"] = evaluate("today", [], f"today ({args.baseline_rev})")
     block["--workers 1"] = evaluate("new", ["--workers", "1"], "--workers 1")
     block["--workers auto"] = evaluate("new", ["--workers", "auto"], "--workers auto")
-    cores = available_cores()
-    if device.type == "cpu" and cores > 1 and many_label("auto", 5, device) != "worker processes":
+    cores = processes_left_out(device, 5)
+    if cores:
         block[f"--workers {cores}"] = evaluate("new", ["--workers", str(cores)], f"--workers {cores}")
     base = next(iter(block))
     print("end to end", file=sys.stderr, flush=True)

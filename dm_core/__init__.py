@@ -44,7 +44,7 @@ __all__ = [
     "Method", "RandomConfig", "SyntheticSet", "TrainConfig", "TrainJob", "atomic_torch_save", "atomic_write_bytes",
     "atomic_write_text", "build_model", "condense", "condense_datadam", "condense_ddm", "condense_dm", "condense_dsa",
     "condense_idm", "condense_m3d", "data_root", "evaluate_accuracy", "evaluate_set", "get_method", "list_methods",
-    "list_models", "load_dataset", "make_generator", "make_set", "prepare_workers", "register_method", "register_model",
-    "reinit_",
-    "resolve_device", "select_herding", "select_random", "train_and_test", "train_many", "train_model",
+    "list_models", "load_dataset", "make_generator", "make_set", "prepare_workers", "register_method",
+    "register_model", "reinit_", "resolve_device", "select_herding", "select_random", "train_and_test", "train_many",
+    "train_model",
 ]

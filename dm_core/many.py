@@ -369,12 +369,12 @@ def _start_server() -> None:
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
     except ValueError:  # not the main thread: the handler cannot change, the server starts as it is
-        forkserver.ensure_running()
-        return
+        previous = None
     try:
         forkserver.ensure_running()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def prepare_workers(jobs: int, device: str | torch.device = "auto", workers: int | str = "auto") -> None:

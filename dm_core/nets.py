@@ -84,6 +84,9 @@ class _Unpool2x2(torch.autograd.Function):
 # (0.71x-0.89x), their intermediate copies no longer in the caches.
 _FAST_POOL_MAX = 1 << 22
 
+# Whether a tensor is seen through a torch.func transform (vmap, grad); a torch without this check takes torch's kernel.
+_transformed = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", lambda x: True)
+
 
 def avg_pool2x2(x: torch.Tensor) -> torch.Tensor:
     """``F.avg_pool2d(x, 2)``, bit for bit, through ``_Pool2x2`` where that is faster: a contiguous float32/float64
@@ -96,10 +99,6 @@ def avg_pool2x2(x: torch.Tensor) -> torch.Tensor:
             and not torch.compiler.is_compiling() and not _transformed(x)):
         return _Pool2x2.apply(x)
     return F.avg_pool2d(x, 2)
-
-
-# Whether a tensor is seen through a torch.func transform (vmap, grad); a torch without this check takes torch's kernel.
-_transformed = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", lambda x: True)
 
 
 class AvgPool2x2(nn.AvgPool2d):
