@@ -386,17 +386,18 @@ class Condensation:
                               f"learning rate (lr_img) and start again")
             self.history.append([done, mean_loss])
             bar.set_postfix(loss=f"{mean_loss:.4g}")
-        if done < config.iterations and (done % config.checkpoint_every == 0 or self._stop_requested):
-            self.save(done, extra())
-        if self._stop_requested and done < config.iterations:
+        if self._stop_requested or (done < config.iterations and done % config.checkpoint_every == 0):
+            self.save(done, extra())  # a stop in the last iteration too: the rerun resumes there and just finishes
+        if self._stop_requested:
             raise Interrupted(done, config.iterations, self.checkpointer.path)
 
     @contextmanager
     def interruptible(self, enabled: bool = True):
         """Within: the first Ctrl-C asks the run to stop at the end of the current iteration, after saving a
-        checkpoint (so the run resumes exactly); a second one stops at once. Only the main thread gets signals; under
-        torch.distributed the ranks would stop at different iterations, so there a Ctrl-C stops at once and the
-        periodic per-rank checkpoints hold the run."""
+        checkpoint (so the run resumes exactly), the last iteration included; a second one stops at once; one that
+        comes after the last iteration's check ends the block with KeyboardInterrupt (a Ctrl-C is never lost). Only
+        the main thread gets signals; under torch.distributed the ranks would stop at different iterations, so there a
+        Ctrl-C stops at once and the periodic per-rank checkpoints hold the run."""
         if not enabled or threading.current_thread() is not threading.main_thread():
             yield
             return
@@ -412,6 +413,8 @@ class Condensation:
             yield
         finally:
             signal.signal(signal.SIGINT, previous)
+        if self._stop_requested:  # came after the last iteration's check: still a Ctrl-C, never a lost one
+            raise KeyboardInterrupt
 
 
 # ---------------------------------------------------------------------------------------------------------------

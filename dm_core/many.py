@@ -362,7 +362,9 @@ def _context():
 def _start_server() -> None:
     """Start the fork server (if not yet running) and return at once: it imports torch in its own interpreter (about
     3 s of a command's first pool here) while this process goes on. It starts with SIGINT ignored, as it would set
-    itself once loaded, so a Ctrl-C meant for the command never prints a traceback from its imports."""
+    itself once loaded, so a Ctrl-C meant for the command never prints a traceback from its imports. (Only an ignored
+    disposition survives exec, so this process ignores SIGINT for the fork and exec, 4 ms here: blocking it instead
+    keeps nothing for the child, and another thread of this process may take the signal.)"""
     from multiprocessing import forkserver
 
     previous = signal.getsignal(signal.SIGINT)

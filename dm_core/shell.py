@@ -221,7 +221,14 @@ def run_command(p: argparse.ArgumentParser, body: Callable[[argparse.Namespace],
                 print(message, file=sys.stderr, flush=True)
         except KeyboardInterrupt:
             pass
-    leave_group(graceful=status == 0)
-    if status == 0 and figures is not None:
-        print(json.dumps(figures), flush=True)
+    try:
+        leave_group(graceful=status == 0)
+        if status == 0 and figures is not None:
+            print(json.dumps(figures), flush=True)
+    except KeyboardInterrupt:  # a Ctrl-C after the work (e.g. while torchrun's ranks wait for each other)
+        if status != 0:
+            return status
+        print("interrupted: after the work was done and written; only its closing JSON line was not printed",
+              file=sys.stderr, flush=True)
+        return INTERRUPTED
     return status

@@ -124,3 +124,38 @@ def test_auto_chunk_bounds_cpu_passes():
     assert auto_class_chunk(torch.device("cpu"), 10, 64) == 2
     assert auto_class_chunk(torch.device("cpu"), 3, 8) == 3
     assert auto_class_chunk(torch.device("cuda"), 100, 256) == 100
+
+
+@pytest.mark.parametrize("when", ["in", "after"])
+def test_ctrl_c_in_or_after_the_last_iteration_is_not_lost(digits, tmp_path, monkeypatch, when):
+    """A Ctrl-C during the last iteration stops the run there with a checkpoint (the rerun just finishes, bit for
+    bit); one after its check still ends the call with KeyboardInterrupt: the run never swallows it."""
+    import os
+    import signal
+
+    from dm_core.engine import Condensation, Interrupted
+
+    config = DMConfig(ipc=1, iterations=6, seed=5, **SMALL)
+    straight = condense_dm(digits, config, classes=[0, 1], device="cpu", progress=False)
+    real_end = Condensation.end_iteration
+
+    def ctrl_c_at_the_end(self, done, *args):
+        if done == config.iterations and when == "in":
+            os.kill(os.getpid(), signal.SIGINT)
+        real_end(self, done, *args)
+        if done == config.iterations and when == "after":
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(Condensation, "end_iteration", ctrl_c_at_the_end)
+    ckpt = tmp_path / "run.ckpt"
+    with pytest.raises(KeyboardInterrupt) as stopped:
+        condense_dm(digits, config, classes=[0, 1], device="cpu", checkpoint=ckpt, progress=False)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    monkeypatch.setattr(Condensation, "end_iteration", real_end)
+    if when == "in":
+        assert isinstance(stopped.value, Interrupted) and stopped.value.iteration == config.iterations
+    else:
+        assert type(stopped.value) is KeyboardInterrupt
+    resumed = condense_dm(digits, config, classes=[0, 1], device="cpu", checkpoint=ckpt, resume=True, progress=False)
+    assert torch.equal(resumed.images, straight.images)
+    assert resumed.meta["loss_history"] == straight.meta["loss_history"]

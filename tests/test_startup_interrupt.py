@@ -64,3 +64,28 @@ def test_only_the_toolkits_commands_are_armed(monkeypatch, module, armed):
     finally:
         dm_core.startup.disarm()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("body_status", [0, 2])
+def test_ctrl_c_after_the_work_is_one_line_too(monkeypatch, capsys, body_status):
+    """The shell's last moments (leaving torchrun's group, the JSON line): a Ctrl-C there is one line, no traceback;
+    a command that already failed keeps its own status and line."""
+    import argparse
+
+    from dm_core import DMError, distributed, shell
+
+    def body(args):
+        if body_status:
+            raise DMError("bad input")
+        return {"done": True}
+
+    def interrupted_leave(graceful):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(distributed, "leave_group", interrupted_leave)
+    status = shell.run_command(argparse.ArgumentParser(prog="x"), body, lambda args, exc: "kept", argv=[])
+    err = capsys.readouterr().err.strip().splitlines()
+    if body_status:
+        assert status == 2 and err == ["error: bad input"]
+    else:
+        assert status == 130 and len(err) == 1 and err[0].startswith("interrupted: after the work was done")
