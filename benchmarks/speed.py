@@ -32,7 +32,8 @@ the cost), the paper's ConvNet (depth 3, width 128, instance norm, average pooli
   path, ``train_model`` K times in sequence in this process (torch's threads); candidate: ``dm_core.train_many`` with
   ``--workers`` (auto: from 4 cores worker processes of one thread per core on the CPU, else in sequence; the
   networks stacked on a GPU), whose forkserver is started before the timing (the end-to-end rows include that
-  start). Both eager (the stacked path does not compile).
+  start), and where auto stays in this process, also worker processes, one per core. All eager (the stacked path
+  does not compile).
 - NAS proxy search (``--only nas``): 8 architectures drawn (seed 0) from the 720-space at widths 32 and 64, 2
   repeats each, ``--nas-steps`` steps on a CIFAR-shaped 10-ipc proxy set plus validation on 1,000 images, whole
   searches timed. Baseline: the ``nas.trial`` path before issue 23 (networks with torch's ``nn.AvgPool2d``,
@@ -537,15 +538,19 @@ def many_rows(args, device: torch.device, workers, rows: list, result: dict) -> 
                     net = reinit_(build_model(model, shape[0], 10, shape[1:]), make_generator(s, cpu))
                     train_model(net, x, y, config(n), seed=s, device=device)
 
-            def at_once(n, k=k, model=model, x=x, y=y, mode="auto"):
+            def at_once(n, k=k, model=model, x=x, y=y, mode="auto", count=workers):
                 train_many([TrainJob(model, x, y, config(n), seed=s, num_classes=10) for s in range(k)], device,
-                           workers, mode=mode)
+                           count, mode=mode)
 
             epochs = args.many_epochs[0 if key == "w32" else 1]
             base = f"{k} in sequence (today)"
             block = {base: lambda s=sequence, e=epochs: s(e),
                      f"{k} at once, workers {workers} ({many_label(workers, k, device)})":
                          lambda f=at_once, e=epochs: f(e)}
+            cores = processes_left_out(device, k) if workers == "auto" and k > 1 else None
+            if cores:  # the worker processes auto leaves out on this CPU
+                block[f"{k} at once, workers {cores} (worker processes)"] = \
+                    lambda f=at_once, e=epochs, c=cores: f(e, count=c)
             if args.many_stacked and device.type == "cpu" and k > 1:
                 block[f"{k} at once, stacked (forced)"] = lambda f=at_once, e=epochs: f(e, mode="stacked")
             print(f"many: {label}, K={k}, {epochs} epochs", file=sys.stderr, flush=True)
