@@ -204,11 +204,13 @@ def check_workers(workers: int | str) -> int | str:
     raise DMError(f"workers must be auto or a whole number from 1, got {workers!r}")
 
 
-# Cores from which ``auto`` trains in worker processes on the CPU. Below, one process with all its threads is faster:
-# on this project's 2-core EPYC 4 ConvNet-w32 trainings took 4.28 s with 2 threads and 5.27 s in 2 one-thread worker
-# processes, and 5 / 20 of them 0.72x / 0.79x the sequential speed (benchmarks/README.md, 2026-12-07). With more
-# cores small convolutions scale worse over threads and processes are expected to win; 4 is where that is expected,
-# not measured (no such machine was lent): ``workers=N`` chooses for oneself.
+# Cores from which ``auto`` trains in worker processes on the CPU. On this project's 2-core EPYC the two ways were
+# within the host's session-to-session noise (benchmarks/README.md, 2026-12-07): 4 ConvNet-w32 trainings 1.55x faster
+# with 2 threads than 1, 1.26x in 2 one-thread processes one session; 1.71x against 1.89x in another, where 20
+# trainings went 1.40x in processes against 1.09x in this process, while 5 ConvNet-128 ones lost (0.90x). So below 4
+# cores ``auto`` keeps one process: no pool to start, and the results of ``workers=1``. With more cores small
+# convolutions scale worse over threads and processes are expected to win; 4 is where that is expected, not measured
+# (no such machine was lent): ``workers=N`` chooses for oneself.
 PROCESS_CORES = 4
 
 
