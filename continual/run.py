@@ -9,8 +9,8 @@ final accuracy (%) per method.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+from typing import NoReturn
 
 from dm_core import shell
 from dm_core.precision import PRECISIONS
@@ -122,5 +122,10 @@ def main(argv: list[str] | None = None) -> int:
     return shell.run_command(parser(), run, kept, argv, old=OLD_FLAGS)
 
 
+def console() -> NoReturn:
+    """The console script's entry: ``main``, then the process ends through ``shell.exit_process``."""
+    shell.exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -5,6 +5,7 @@ A command is a parser plus a function from the parsed arguments to a dict of fig
 - refuses a removed or renamed flag with one ``error:`` line naming its new spelling;
 - applies ``--threads`` once the arguments parsed;
 - prints the figures as one JSON line, the last line of stdout, and exits 0;
+- ``exit_process`` then ends a command's process without Python's teardown of every module (about 1 s here);
 - turns bad input (``DMError``) into one ``error: ...`` line on stderr and exit status 2, Ctrl-C into one
   ``interrupted: ...`` line and 130, SIGTERM (a cancelled job) into one ``stopped by SIGTERM: ...`` line and 143, the
   second half of each line saying what was kept and how to continue.
@@ -14,11 +15,16 @@ from __future__ import annotations
 
 import argparse
 import ast
+import atexit
 import errno
 import json
+import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable
+from typing import NoReturn
 
 from . import startup
 from .errors import DMError
@@ -232,3 +238,25 @@ def run_command(p: argparse.ArgumentParser, body: Callable[[argparse.Namespace],
               file=sys.stderr, flush=True)
         return INTERRUPTED
     return status
+
+
+def exit_process(status: int) -> NoReturn:
+    """End a command's process (``python -m ...`` and the console scripts; never a program that calls a ``main``):
+    Python's own exit up to its last stage. Non-daemon threads are joined, atexit callbacks run (temporary folders,
+    worker processes, inductor's compile workers, NNI's manager), stdout and stderr are flushed; then ``os._exit``
+    skips the interpreter's teardown of every module and of torch's C++ state: about 1 s per command on this
+    project's CPU (importing torch._dynamo and torchvision then exiting: 3.57 s, 2.48 s this way). A Ctrl-C meanwhile
+    ends the process at once with ``status``: the work is done and reported (during Python's teardown it killed the
+    process with no word, status -2, or printed a traceback from an atexit callback)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, lambda signum, frame: os._exit(status))
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing more can be said
+            pass
+    os._exit(status)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import sys
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import NoReturn
 
 from tqdm.auto import tqdm
 
@@ -183,5 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     return shell.run_command(build_parser(), groundtruth, kept, argv, old=("--steps",))
 
 
+def console() -> NoReturn:
+    """The console script's entry: ``main``, then the process ends through ``shell.exit_process``."""
+    shell.exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

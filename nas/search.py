@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from dataclasses import asdict, fields
 from pathlib import Path
+from typing import NoReturn
 
 from nni.nas.evaluator import FunctionalEvaluator
 from nni.nas.execution import SequentialExecutionEngine
@@ -173,5 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     return shell.run_command(build_parser(), search, kept, argv)
 
 
+def console() -> NoReturn:
+    """The console script's entry: ``main``, then the process ends through ``shell.exit_process``."""
+    shell.exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()

@@ -8,6 +8,7 @@ Each report module offers ``add_arguments(parser)`` and ``make(args) -> list of 
 from __future__ import annotations
 
 import argparse
+from typing import NoReturn
 
 from dm_core import shell
 
@@ -41,3 +42,8 @@ def make(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     return shell.run_command(build_parser(), make, lambda args, exc: "the report was not finished: rerun the command",
                              argv, old=("--run",))
+
+
+def console() -> NoReturn:
+    """The console script's entry: ``main``, then the process ends through ``shell.exit_process``."""
+    shell.exit_process(main())

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from dm_core import DMError, atomic_write_bytes, atomic_write_text
+from dm_core.shell import exit_process
 
 METHOD_ORDER = ("dm", "dsa", "herding", "random")
 # the paper's four methods, then DM's successors (docs/successors.md); any other method gets its name and a free colour
@@ -285,4 +286,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

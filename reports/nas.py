@@ -20,6 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 from dm_core import DMError, atomic_write_bytes, atomic_write_text
+from dm_core.shell import exit_process
 from nas.analysis import GROUNDTRUTH_LABEL, TOP_FRACTION, MethodSummary, mean_scores, std_scores, summarize_run
 from nas.results import read_trials
 from nas.rundir import RunDir
@@ -222,4 +223,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

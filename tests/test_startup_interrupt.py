@@ -89,3 +89,39 @@ def test_ctrl_c_after_the_work_is_one_line_too(monkeypatch, capsys, body_status)
         assert status == 2 and err == ["error: bad input"]
     else:
         assert status == 130 and len(err) == 1 and err[0].startswith("interrupted: after the work was done")
+
+
+EXIT = """
+import atexit, sys, threading, time
+from dm_core.shell import exit_process
+atexit.register(lambda: open(sys.argv[1] + "/atexit", "w").write("ran"))
+worker = threading.Thread(target=lambda: (time.sleep(0.3), open(sys.argv[1] + "/thread", "w").write("joined")))
+worker.start()
+print("unflushed", end="")
+exit_process(3)
+"""
+
+
+def test_exit_process_joins_threads_runs_atexit_and_flushes(tmp_path):
+    done = subprocess.run([sys.executable, "-c", EXIT, str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert done.stdout == "unflushed"
+    assert (tmp_path / "atexit").read_text() == "ran" and (tmp_path / "thread").read_text() == "joined"
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.05, 0.2])
+def test_ctrl_c_while_a_finished_command_exits_is_silent(tmp_path, delay):
+    """Once the JSON line is out, a Ctrl-C no longer kills the process with no word (status -2) or prints an atexit
+    traceback, as Python's own teardown did: the command ends with its status."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "dm_core", *COMMANDS["dm_core"], "--no-progress"], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith("{"), proc.stderr.read()[-2000:]
+    time.sleep(delay)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (0, 130) and "Traceback" not in err, (proc.returncode, err[-2000:])
+    assert proc.returncode == 130 or err == ""
