@@ -176,6 +176,22 @@ def as_flags(message: str, p: argparse.ArgumentParser) -> str:
     return message
 
 
+def interrupt_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C (or SIGTERM) behind ``exc``: itself, or one it was raised from or while handling. A Ctrl-C can
+    surface as another exception: Python wraps one raised in a class's ``__set_name__`` into a RuntimeError (seen when
+    it came while Avalanche imported matplotlib), and cleanup code may fail while the interrupt unwinds."""
+    pending, seen = [exc], set()
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        seen.add(id(current))
+        pending += [current.__cause__, current.__context__]
+    return None
+
+
 def run_command(p: argparse.ArgumentParser, body: Callable[[argparse.Namespace], dict | None],
                 kept: Callable[[argparse.Namespace, BaseException], str], argv: list[str] | None = None,
                 old: tuple[str, ...] = ()) -> int:
@@ -200,28 +216,28 @@ def run_command(p: argparse.ArgumentParser, body: Callable[[argparse.Namespace],
             figures = body(args)
         except DMError as exc:
             status, message = BAD_INPUT, f"error: {as_flags(str(exc), p)}"
-        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (``Terminated``)
-            words = "stopped by SIGTERM" if isinstance(exc, Terminated) else "interrupted"
-            status = TERMINATED if isinstance(exc, Terminated) else INTERRUPTED
-            fresh = "\n" if getattr(args, "progress", False) else ""  # a progress bar leaves the cursor on its line
-            message = f"{fresh}{words}: {kept(args, exc)}"
-        except OSError as exc:
-            if exc.errno not in WRITE_FAULTS:
-                raise
-            # a write the command could not check beforehand (the disk filled up meanwhile, a folder became
-            # read-only): one line, and every finished unit of work is kept
-            where = f" {exc.filename}" if exc.filename else ""
-            status, message = BAD_INPUT, f"error: cannot write{where} ({exc.strerror}): {WRITE_FAULTS[exc.errno]}"
-        except Exception as exc:
-            w = world()
-            if not w.sharded:
+        except (KeyboardInterrupt, Exception) as exc:
+            stop = interrupt_behind(exc)
+            if stop is not None:  # Ctrl-C or SIGTERM (``Terminated``), maybe wrapped in another exception
+                words = "stopped by SIGTERM" if isinstance(stop, Terminated) else "interrupted"
+                status = TERMINATED if isinstance(stop, Terminated) else INTERRUPTED
+                fresh = "\n" if getattr(args, "progress", False) else ""  # a progress bar leaves the cursor on its line
+                message = f"{fresh}{words}: {kept(args, stop)}"
+            elif isinstance(exc, OSError) and exc.errno in WRITE_FAULTS:
+                # a write the command could not check beforehand (the disk filled up meanwhile, a folder became
+                # read-only): one line, and every finished unit of work is kept
+                where = f" {exc.filename}" if exc.filename else ""
+                status, message = BAD_INPUT, f"error: cannot write{where} ({exc.strerror}): {WRITE_FAULTS[exc.errno]}"
+            elif not world().sharded:
                 raise  # in one process a bug shows its traceback
-            # under torchrun a failing rank says so in one line (torchrun adds its own report); its peers then meet a
-            # failed collective and rank 0 says that in one line too
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
-            print(f"error: process {w.rank} of {w.size} failed ({type(exc).__name__}: {first}): "
-                  f"{kept(args, exc)}", file=sys.stderr, flush=True)
-            status = 1
+            else:
+                # under torchrun a failing rank says so in one line (torchrun adds its own report); its peers then
+                # meet a failed collective and rank 0 says that in one line too
+                w = world()
+                first = (str(exc).strip().splitlines() or [""])[0][:200]
+                print(f"error: process {w.rank} of {w.size} failed ({type(exc).__name__}: {first}): "
+                      f"{kept(args, exc)}", file=sys.stderr, flush=True)
+                status = 1
         try:  # still under the SIGTERM handler: a SIGTERM that follows an error cannot end the process unheard
             if message is not None and world().is_main:
                 print(message, file=sys.stderr, flush=True)

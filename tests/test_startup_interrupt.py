@@ -125,3 +125,42 @@ def test_ctrl_c_while_a_finished_command_exits_is_silent(tmp_path, delay):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode in (0, 130) and "Traceback" not in err, (proc.returncode, err[-2000:])
     assert proc.returncode == 130 or err == ""
+
+
+def _wrapped_in_set_name():
+    class Descriptor:
+        def __set_name__(self, owner, name):
+            raise KeyboardInterrupt  # a Ctrl-C while a library defines its classes (matplotlib's, under Avalanche)
+
+    class Owner:  # noqa: F841 - Python wraps the exception above into a RuntimeError here (3.11)
+        attribute = Descriptor()
+
+
+def _failed_cleanup():
+    try:
+        raise KeyboardInterrupt
+    finally:
+        raise ValueError("cleanup failed while the Ctrl-C unwound")
+
+
+@pytest.mark.parametrize("body", [_wrapped_in_set_name, _failed_cleanup], ids=["set_name", "cleanup"])
+def test_a_ctrl_c_inside_another_exception_is_still_one_line(capsys, body):
+    import argparse
+
+    from dm_core import shell
+
+    status = shell.run_command(argparse.ArgumentParser(prog="x"), lambda args: body(), lambda args, exc: "kept",
+                               argv=[])
+    assert status == 130 and capsys.readouterr().err.strip().splitlines() == ["interrupted: kept"]
+
+
+def test_a_bug_without_a_ctrl_c_still_shows_its_traceback():
+    import argparse
+
+    from dm_core import shell
+
+    def bug(args):
+        raise RuntimeError("a bug")
+
+    with pytest.raises(RuntimeError, match="a bug"):
+        shell.run_command(argparse.ArgumentParser(prog="x"), bug, lambda args, exc: "kept", argv=[])
