@@ -23,6 +23,7 @@ import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -32,6 +33,7 @@ from .signals import Terminated, sigterm_as_interrupt
 from .validate import SEED_LIMIT
 
 BAD_INPUT, INTERRUPTED, TERMINATED = 2, 130, 143
+RANK_ERROR_GRACE_S = 3.0  # see run_command's end
 WRITE_FAULTS = {  # errno -> what to do
     errno.ENOSPC: "free some space, then rerun the same command (finished work is kept)",
     errno.EDQUOT: "free some of your quota, then rerun the same command (finished work is kept)",
@@ -197,7 +199,7 @@ def run_command(p: argparse.ArgumentParser, body: Callable[[argparse.Namespace],
                 old: tuple[str, ...] = ()) -> int:
     """Parse ``argv``, run ``body``, and end as the module docstring says. ``kept(args, exc)`` says what a stopped run
     kept and how to continue it; ``old`` names the flags of ``RENAMED`` this command once had."""
-    from .distributed import leave_group, world
+    from .distributed import launched_by_torchrun, leave_group, world
 
     startup.disarm()  # from here on Ctrl-C is the command's (below)
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -244,6 +246,10 @@ def run_command(p: argparse.ArgumentParser, body: Callable[[argparse.Namespace],
         except KeyboardInterrupt:
             pass
     try:
+        if status != 0 and launched_by_torchrun() and int(os.environ.get("RANK", "0")) != 0:
+            # torchrun stops every rank once one exits with an error: a failing rank other than 0 waits a moment,
+            # so that rank 0 (the one that speaks) has said its line by then
+            time.sleep(RANK_ERROR_GRACE_S)
         leave_group(graceful=status == 0)
         if status == 0 and figures is not None:
             print(json.dumps(figures), flush=True)
