@@ -19,6 +19,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dm_core import atomic_write_text  # noqa: E402
 
 
 def seconds(argv: list[str], env: dict) -> float:
@@ -50,9 +53,7 @@ def main(argv=None) -> None:
         print(f"{name:34s} {median:.2f} s per command (median of {args.repeats})")
     print(f"speed-up {result['speedup']:.2f}x; load {result['load']:.1f}")
     if args.json_out:
-        tmp = args.json_out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(args.json_out)
+        atomic_write_text(args.json_out, json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

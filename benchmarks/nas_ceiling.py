@@ -35,11 +35,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from speed import cifar_like, nas_architectures  # noqa: E402
+from speed import cifar_like, clock, nas_architectures  # noqa: E402
 
 import dm_core.train as train_module  # noqa: E402
-from dm_core import TrainConfig, TrainJob, build_model, train_many  # noqa: E402
+from dm_core import TrainConfig, TrainJob, atomic_write_text, build_model, train_many  # noqa: E402
 
+CPU = torch.device("cpu")
 FAMILIES = (("convolution", ("convolution",)), ("normalisation", ("norm",)), ("pooling", ("pool",)),
             ("activation", ("relu", "threshold", "sigmoid", "clamp", "leaky")), ("linear", ("mm", "addmm", "bmm")))
 
@@ -63,12 +64,7 @@ def search(archs, x, y, xv, yv, config) -> list[float]:
 
 def median_seconds(fn, repeats: int) -> float:
     fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(clock(fn, CPU) for _ in range(repeats))
 
 
 def conv_rates(repeats: int) -> dict:
@@ -193,9 +189,7 @@ def main(argv=None) -> None:
     result["load"] = os.getloadavg()[0]
     print(f"load average at the end: {result['load']:.1f}")
     if args.json_out:
-        tmp = args.json_out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(args.json_out)
+        atomic_write_text(args.json_out, json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import NoReturn
 
 from dm_core import shell
 from dm_core.precision import PRECISIONS
@@ -122,9 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     return shell.run_command(parser(), run, kept, argv, old=OLD_FLAGS)
 
 
-def console() -> NoReturn:
-    """The console script's entry: ``main``, then the process ends through ``shell.exit_process``."""
-    shell.exit_process(main())
+console = shell.console_entry(main)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ import argparse
 import os
 import time
 from pathlib import Path
-from typing import NoReturn
 
 from . import shell
 from .augment import GROUP_MODES
@@ -249,6 +248,4 @@ def main(argv: list[str] | None = None) -> int:
     return shell.run_command(build_parser(), lambda args: COMMANDS[args.command](args), kept, argv, OLD_FLAGS)
 
 
-def console() -> NoReturn:
-    """The console script's entry: ``main``, then the process ends through ``shell.exit_process``."""
-    shell.exit_process(main())
+console = shell.console_entry(main)

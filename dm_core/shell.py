@@ -199,7 +199,7 @@ def run_command(p: argparse.ArgumentParser, body: Callable[[argparse.Namespace],
                 old: tuple[str, ...] = ()) -> int:
     """Parse ``argv``, run ``body``, and end as the module docstring says. ``kept(args, exc)`` says what a stopped run
     kept and how to continue it; ``old`` names the flags of ``RENAMED`` this command once had."""
-    from .distributed import launched_by_torchrun, leave_group, world
+    from .distributed import leave_group, world
 
     startup.disarm()  # from here on Ctrl-C is the command's (below)
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -245,10 +245,11 @@ def run_command(p: argparse.ArgumentParser, body: Callable[[argparse.Namespace],
                 print(message, file=sys.stderr, flush=True)
         except KeyboardInterrupt:
             pass
+    w = world()
     try:
-        if status != 0 and launched_by_torchrun() and int(os.environ.get("RANK", "0")) != 0:
-            # torchrun stops every rank once one exits with an error: a failing rank other than 0 waits a moment,
-            # so that rank 0 (the one that speaks) has said its line by then
+        if status != 0 and w.sharded and not w.is_main:
+            # torchrun stops every rank once one exits with an error: a failing rank that does not speak waits a
+            # moment, so that rank 0 (the one that does) has said its line by then
             time.sleep(RANK_ERROR_GRACE_S)
         leave_group(graceful=status == 0)
         if status == 0 and figures is not None:
@@ -260,6 +261,14 @@ def run_command(p: argparse.ArgumentParser, body: Callable[[argparse.Namespace],
               file=sys.stderr, flush=True)
         return INTERRUPTED
     return status
+
+
+def console_entry(main: Callable[[], int]) -> Callable[[], NoReturn]:
+    """A command module's ``console()``: the entry of its console script (pyproject's ``[project.scripts]``) and of
+    ``python -m``: ``main()``, then ``exit_process``."""
+    def console() -> NoReturn:
+        exit_process(main())
+    return console
 
 
 def exit_process(status: int) -> NoReturn:

@@ -13,7 +13,6 @@ import logging
 import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import NoReturn
 
 from tqdm.auto import tqdm
 
@@ -183,9 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     return shell.run_command(build_parser(), groundtruth, kept, argv, old=("--steps",))
 
 
-def console() -> NoReturn:
-    """The console script's entry: ``main``, then the process ends through ``shell.exit_process``."""
-    shell.exit_process(main())
+console = shell.console_entry(main)
 
 
 if __name__ == "__main__":

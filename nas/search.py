@@ -9,7 +9,6 @@ import argparse
 import logging
 from dataclasses import asdict, fields
 from pathlib import Path
-from typing import NoReturn
 
 from nni.nas.evaluator import FunctionalEvaluator
 from nni.nas.execution import SequentialExecutionEngine
@@ -173,9 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     return shell.run_command(build_parser(), search, kept, argv)
 
 
-def console() -> NoReturn:
-    """The console script's entry: ``main``, then the process ends through ``shell.exit_process``."""
-    shell.exit_process(main())
+console = shell.console_entry(main)
 
 
 if __name__ == "__main__":

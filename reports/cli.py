@@ -8,7 +8,6 @@ Each report module offers ``add_arguments(parser)`` and ``make(args) -> list of 
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
 
 from dm_core import shell
 
@@ -44,6 +43,4 @@ def main(argv: list[str] | None = None) -> int:
                              argv, old=("--run",))
 
 
-def console() -> NoReturn:
-    """The console script's entry: ``main``, then the process ends through ``shell.exit_process``."""
-    shell.exit_process(main())
+console = shell.console_entry(main)
